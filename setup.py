@@ -1,0 +1,35 @@
+"""densa: pretraining and finetuning toolkit for LMs dense in capacity, sparse in compute."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="densa",
+    version="0.1.0",
+    description="Pretraining and finetuning toolkit for language models dense in capacity and sparse in compute",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["densa", "densa.*"]),
+    package_data={"densa": ["py.typed", "models/hf_modeling/*.py.tmpl"]},
+    install_requires=[
+        "torch==2.13.0",
+        "numpy",
+        "transformers>=4.45",
+        "datasets",
+        "sentencepiece",
+        "safetensors",
+        "pyyaml",
+        "tensorboard",
+        "deepspeed",
+        "megatron-core",
+        "triton",
+        "tqdm",
+        "pyarrow",
+        "protobuf",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-timeout", "ruff", "matplotlib"],
+        "gpu": [],
+    },
+    entry_points={"console_scripts": ["densa=densa.launch.cli:main"]},
+)
