@@ -1,0 +1,71 @@
+"""Grouped-query self-attention on torch SDPA, with RoPE, optional QKV bias and a KV cache."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from densa.models.config import ModelConfig
+from densa.models.hooks import HookPoint
+from densa.models.kv_cache import KVCache
+from densa.models.linear import column_linear, row_linear
+from densa.models.rope import apply_rotary
+
+
+class Attention(nn.Module):
+    """Q, K and V come from one fused projection laid out [q; k; v] (per tensor-parallel rank)."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int, tp_size: int = 1) -> None:
+        super().__init__()
+        if config.n_heads % tp_size or config.n_kv_heads % tp_size:
+            raise ValueError(
+                f"n_heads ({config.n_heads}) and n_kv_heads ({config.n_kv_heads}) must be divisible by tp ({tp_size})"
+            )
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.n_local_heads = config.n_heads // tp_size
+        self.n_local_kv_heads = config.n_kv_heads // tp_size
+        q_out, kv_out = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+        self.qkv_proj = column_linear(config.dim, q_out + 2 * kv_out, bias=config.qkv_bias, tp_size=tp_size)
+        self.o_proj = row_linear(q_out, config.dim, bias=False, tp_size=tp_size)
+        # Hook points see [B, H, T, head_dim]; q and k after RoPE.
+        self.hook_q = HookPoint()
+        self.hook_k = HookPoint()
+        self.hook_v = HookPoint()
+        self.hook_out = HookPoint()  # [B, T, H * head_dim], before o_proj
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q_size, kv_size = self.n_local_heads * self.head_dim, self.n_local_kv_heads * self.head_dim
+        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(batch, seq, self.n_local_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, seq, self.n_local_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, seq, self.n_local_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+
+        past = kv_cache.length(self.layer_idx) if kv_cache is not None else 0
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)
+        if self.n_local_kv_heads != self.n_local_heads:
+            n_rep = self.n_local_heads // self.n_local_kv_heads
+            k = k.repeat_interleave(n_rep, dim=1)
+            v = v.repeat_interleave(n_rep, dim=1)
+        if past == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=seq > 1)
+        elif seq == 1:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            # Chunked prefill after cached tokens: query i sees every cached key and new keys up to i.
+            total = k.shape[2]
+            mask = torch.ones(seq, total, dtype=torch.bool, device=x.device).tril(diagonal=total - seq)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = self.hook_out(out.transpose(1, 2).reshape(batch, seq, q_size))
+        return self.o_proj(out)

@@ -1,0 +1,124 @@
+"""`ModelConfig`: every number that fixes a decoder's shape and numerics."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+ACTIVATIONS = ("relu", "relu2", "silu", "gelu", "gelu_tanh")
+ROPE_SCALING_TYPES = ("linear", "llama3")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RopeScaling:
+    """RoPE frequency scaling for context extension (HF `rope_scaling` semantics)."""
+
+    type: str
+    """`linear` (positions divided by `factor`) or `llama3` (frequency-band interpolation)."""
+    factor: float
+    """Context extension factor."""
+    low_freq_factor: float = 1.0
+    """llama3 only: wavelengths above original_max_position_embeddings / low_freq_factor are scaled fully."""
+    high_freq_factor: float = 4.0
+    """llama3 only: wavelengths below original_max_position_embeddings / high_freq_factor are kept."""
+    original_max_position_embeddings: int = 8192
+    """llama3 only: the context length the model was pretrained with."""
+
+    def __post_init__(self) -> None:
+        if self.type not in ROPE_SCALING_TYPES:
+            raise ValueError(f"rope_scaling.type: {self.type!r} is not one of {ROPE_SCALING_TYPES}")
+        if self.factor <= 0:
+            raise ValueError(f"rope_scaling.factor must be > 0, got {self.factor}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """A Llama-family decoder: RMSNorm, RoPE, grouped-query attention, gated or plain FFN."""
+
+    vocab_size: int
+    """Number of token embeddings (may exceed the tokenizer's vocabulary for padding)."""
+    dim: int
+    """Hidden size."""
+    n_layers: int
+    """Number of transformer blocks."""
+    n_heads: int
+    """Query heads."""
+    n_kv_heads: int | None = None
+    """Key/value heads (grouped-query attention); defaults to n_heads."""
+    head_dim: int | None = None
+    """Per-head size; defaults to dim // n_heads."""
+    ffn_dim: int
+    """FFN intermediate size (number of neurons per layer)."""
+    activation: str = "silu"
+    """FFN activation: relu, relu2 (squared ReLU), silu, gelu or gelu_tanh."""
+    gated: bool = True
+    """Gated FFN act(x W_gate) * (x W_up) (SwiGLU, ReGLU, GeGLU); False gives act(x W_up)."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    rope_theta: float = 10000.0
+    """RoPE base."""
+    rope_scaling: RopeScaling | None = None
+    """Optional RoPE scaling (linear or llama3)."""
+    max_seq_len: int = 2048
+    """Longest sequence the RoPE tables are precomputed for (they grow on demand)."""
+    qkv_bias: bool = False
+    """Bias on the Q/K/V projections (Qwen2)."""
+    tie_embeddings: bool = False
+    """Share the input embedding with the output projection."""
+    init_std: float = 0.02
+    """Std of the normal initialisation; output projections get init_std / sqrt(2 * n_layers)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form metadata carried through checkpoints (e.g. the HF architecture it came from)."""
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+            object.__setattr__(self, "head_dim", self.dim // self.n_heads)
+        if isinstance(self.rope_scaling, dict):
+            object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: {self.activation!r} is not one of {ACTIVATIONS}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "ffn_dim", "head_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def ffn_name(self) -> str:
+        """Conventional name of the FFN variant: SwiGLU, ReGLU, GeGLU, ReLU², ReLU…"""
+        gated = {
+            "silu": "SwiGLU",
+            "relu": "ReGLU",
+            "gelu": "GeGLU",
+            "gelu_tanh": "GeGLU",
+            "relu2": "ReLU²GLU",
+        }
+        plain = {"silu": "SiLU", "relu": "ReLU", "gelu": "GELU", "gelu_tanh": "GELU", "relu2": "ReLU²"}
+        return (gated if self.gated else plain)[self.activation]
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        """Parameter count in closed form (tp = 1)."""
+        q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        attn = self.dim * (q + 2 * kv) + q * self.dim + (q + 2 * kv if self.qkv_bias else 0)
+        ffn = self.dim * self.ffn_dim * (3 if self.gated else 2)
+        per_layer = attn + ffn + 2 * self.dim
+        n = self.n_layers * per_layer + self.dim
+        if include_embeddings:
+            n += self.vocab_size * self.dim * (1 if self.tie_embeddings else 2)
+        return n
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys: {unknown}")
+        return cls(**data)
