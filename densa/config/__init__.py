@@ -1,0 +1,1 @@
+"""Recipe schema and loader: YAML → validated tree of frozen dataclasses."""

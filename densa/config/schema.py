@@ -1,0 +1,168 @@
+"""The recipe schema: one frozen dataclass per YAML section, each field documented in one line.
+
+`densa.config.load` turns a recipe into a `RunConfig`; docs/recipes.md is generated from these
+docstrings. Sections own their local checks in `__post_init__`; rules that span sections live in
+`densa.config.checks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from densa.models.config import ModelConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSection:
+    name: str = "run"
+    """Run name, used in logs and the model card."""
+    out_dir: str = "runs/run"
+    """Run directory: resolved recipe, checkpoints, TensorBoard events, metrics.jsonl."""
+    seed: int = 1234
+    """Seed for model init, data order and dropout-free sampling."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetSource:
+    path: str
+    """Prefix of a preprocessed dataset (`PREFIX.bin`, `PREFIX.idx`, `PREFIX.json`), or an SFT JSONL file."""
+    weight: float = 1.0
+    """Blending weight (normalised over the list)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSection:
+    train: tuple[DatasetSource, ...] = ()
+    """Training datasets, blended by weight."""
+    valid: tuple[DatasetSource, ...] = ()
+    """Validation datasets (loss and perplexity at eval intervals)."""
+    seq_len: int = 512
+    """Tokens per training sample."""
+    tokenizer: str | None = None
+    """SentencePiece `.model` file or HF tokenizer folder; checked against each dataset's manifest."""
+    format: str = "pretrain"
+    """`pretrain` (packed .bin/.idx) or `sft` (JSONL with messages or prompt/response, loss on responses)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class InitSection:
+    from_path: str | None = None
+    """Start from an HF folder or a densa checkpoint instead of random init (YAML key: `from_path`)."""
+    freeze: tuple[str, ...] = ()
+    """Glob patterns of parameter names to freeze (e.g. `embed_tokens.*`, `layers.*.attn.*`)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimSection:
+    lr: float = 3e-4
+    """Peak learning rate."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay (not applied to norms, biases and embeddings)."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip; 0 disables."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleSection:
+    kind: str = "cosine"
+    """constant, linear, cosine or wsd (warmup-stable-decay)."""
+    warmup_steps: int = 0
+    """Linear warmup from 0 to the peak LR."""
+    decay_steps: int | None = None
+    """wsd only: length of the final decay phase (default: decay_fraction of the total)."""
+    decay_fraction: float = 0.1
+    """wsd only: decay phase as a fraction of train.steps when decay_steps is not given."""
+    decay_shape: str = "linear"
+    """wsd only: linear, cosine, exp or 1-sqrt."""
+    min_lr_ratio: float = 0.1
+    """Final LR as a fraction of the peak (linear, cosine, wsd)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchSection:
+    global_tokens: int = 65536
+    """Tokens per optimizer step across all ranks: the one place batch size is given."""
+    micro_batch: int = 4
+    """Sequences per forward/backward per rank; gradient accumulation is derived."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSection:
+    steps: int = 1000
+    """Optimizer steps to run."""
+    max_bad_steps: int = 5
+    """Stop after this many consecutive steps with a NaN/inf loss (each is skipped and counted)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelSection:
+    tp: int = 1
+    """Tensor-parallel size (megatron-core parallel_state)."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0, 1, 2 or 3."""
+    precision: str = "fp32"
+    """fp32, bf16, or fp16 (GPU only, with loss scaling)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward."""
+    launcher: str = "deepspeed"
+    """deepspeed or torchrun, for `densa launch`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointSection:
+    interval: int = 500
+    """Save every this many steps (and at the end)."""
+    keep_last: int = 3
+    """Keep only the newest k checkpoints."""
+    resume: str = "auto"
+    """auto (newest complete checkpoint in the run dir), none, or a checkpoint path."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoggingSection:
+    log_interval: int = 10
+    """Steps between metric records (console, metrics.jsonl, TensorBoard)."""
+    tensorboard: bool = True
+    """Write TensorBoard events to RUN_DIR/tensorboard."""
+    progress: bool = True
+    """Progress bar with ETA on rank 0."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSection:
+    interval: int = 0
+    """Steps between validation passes; 0 evaluates only at the end."""
+    max_batches: int = 16
+    """Micro-batches per validation pass."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportSection:
+    hf_dir: str | None = None
+    """Export the final model to this HF folder (with tokenizer) when training ends."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """A whole recipe."""
+
+    run: RunSection = field(default_factory=RunSection)
+    model: ModelConfig
+    init: InitSection = field(default_factory=InitSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    batch: BatchSection = field(default_factory=BatchSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    export: ExportSection = field(default_factory=ExportSection)
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+    """Extra DeepSpeed config keys; may add to, never contradict, the generated config."""
