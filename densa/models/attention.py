@@ -20,7 +20,8 @@ class Attention(nn.Module):
         super().__init__()
         if config.n_heads % tp_size or config.n_kv_heads % tp_size:
             raise ValueError(
-                f"n_heads ({config.n_heads}) and n_kv_heads ({config.n_kv_heads}) must be divisible by tp ({tp_size})"
+                f"n_heads ({config.n_heads}) and n_kv_heads ({config.n_kv_heads}) "
+                f"must be divisible by tp ({tp_size})"
             )
         self.layer_idx = layer_idx
         self.head_dim = config.head_dim
@@ -54,18 +55,15 @@ class Attention(nn.Module):
         past = kv_cache.length(self.layer_idx) if kv_cache is not None else 0
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
-        if self.n_local_kv_heads != self.n_local_heads:
-            n_rep = self.n_local_heads // self.n_local_kv_heads
-            k = k.repeat_interleave(n_rep, dim=1)
-            v = v.repeat_interleave(n_rep, dim=1)
+        gqa = self.n_local_kv_heads != self.n_local_heads  # SDPA shares each KV head without copying it
         if past == 0:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=seq > 1)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=seq > 1, enable_gqa=gqa)
         elif seq == 1:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
         else:
             # Chunked prefill after cached tokens: query i sees every cached key and new keys up to i.
             total = k.shape[2]
             mask = torch.ones(seq, total, dtype=torch.bool, device=x.device).tril(diagonal=total - seq)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         out = self.hook_out(out.transpose(1, 2).reshape(batch, seq, q_size))
         return self.o_proj(out)

@@ -52,7 +52,7 @@ class KVCache:
         return self._keys[layer][:, :, :end], self._values[layer][:, :, :end]
 
     def keep(self, layer: int, indices: torch.Tensor) -> None:
-        """Keep only the entries at `indices` ([B, H, K] or [K], sorted) of a layer: the eviction primitive."""
+        """Keep only the entries at `indices` ([B, H, K] or [K], sorted) of a layer (eviction primitive)."""
         keys, values = self.get(layer)
         if indices.dim() == 1:
             kept_k, kept_v = keys[:, :, indices], values[:, :, indices]
