@@ -1,0 +1,128 @@
+"""densa model folders: `model.safetensors` + `config.json` ({format marker, ModelConfig}).
+
+This is the weights-only exchange format (what `densa convert` writes and the trainer can start from);
+training checkpoints with optimizer state live in `densa.train`. Folders are written to a temporary
+sibling and renamed into place, so a crash never leaves a half-written folder under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from densa.errors import CheckpointError
+from densa.models.config import ModelConfig
+from densa.models.transformer import Transformer
+
+FORMAT = "densa-model"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder next to `path`; on success it replaces `path` in one rename."""
+    final = Path(path)
+    if final.exists() and not overwrite and (final.is_file() or any(final.iterdir())):
+        raise CheckpointError(f"{final} already exists and is not empty (pass overwrite=True / --overwrite)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def is_densa_checkpoint(path: str | os.PathLike) -> bool:
+    config = Path(path) / CONFIG_FILE
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def save_model(
+    path: str | os.PathLike,
+    config: ModelConfig,
+    state_dict: dict[str, torch.Tensor],
+    *,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a densa model folder; `dtype` casts floating tensors (e.g. torch.bfloat16)."""
+    tensors = {}
+    for key, tensor in state_dict.items():
+        tensor = tensor.detach()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensors[key] = tensor.contiguous().cpu()
+    with atomic_dir(path, overwrite) as tmp:
+        save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": config.to_dict()}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def save_transformer(path: str | os.PathLike, model: Transformer, **kwargs) -> Path:
+    return save_model(path, model.config, model.state_dict(), **kwargs)
+
+
+def load_model_state(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(config, state dict) of a densa model folder."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such folder")
+    if not is_densa_checkpoint(folder):
+        raise CheckpointError(f"{folder}: no {CONFIG_FILE} with format {FORMAT!r} (not a densa model folder)")
+    meta = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{folder}: format_version {meta['format_version']} is newer than this densa")
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}")
+    try:
+        config = ModelConfig.from_dict(meta["model_config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: bad model_config ({err})") from None
+    return config, load_file(folder / WEIGHTS_FILE)
+
+
+def load_transformer(
+    path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> Transformer:
+    config, state = load_model_state(path)
+    return build_transformer(config, state, dtype=dtype, device=device)
+
+
+def build_transformer(
+    config: ModelConfig,
+    state: dict[str, torch.Tensor],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Transformer:
+    """A Transformer holding `state`; key or shape mismatches raise CheckpointError."""
+    model = Transformer(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"state dict does not fit the model: {err}") from None
+    return model.to(device=device, dtype=dtype).eval()
