@@ -1,7 +1,7 @@
 """The recipe schema: one frozen dataclass per YAML section, each field documented in one line.
 
-`densa.config.load` turns a recipe into a `RunConfig`; docs/recipes.md is generated from these
-docstrings. Sections own their local checks in `__post_init__`; rules that span sections live in
+`densa.config.load` turns a recipe into a `RunConfig`; docs/config_reference.md is generated from
+these docstrings. Sections own their local checks in `__post_init__`; rules that span sections live in
 `densa.config.checks`.
 """
 
@@ -81,6 +81,12 @@ class ScheduleSection:
     """wsd only: linear, cosine, exp or 1-sqrt."""
     min_lr_ratio: float = 0.1
     """Final LR as a fraction of the peak (linear, cosine, wsd)."""
+
+    def decay_length(self, total_steps: int) -> int:
+        """wsd: steps in the decay phase: decay_steps, else decay_fraction of total_steps (at least 1)."""
+        if self.decay_steps is not None:
+            return self.decay_steps
+        return max(1, round(self.decay_fraction * total_steps))
 
 
 @dataclass(frozen=True, kw_only=True)
