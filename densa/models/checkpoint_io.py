@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -50,6 +50,11 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise
 
 
+def copy_files(files: Iterable[str | os.PathLike], folder: Path) -> None:
+    for file in files:
+        shutil.copy2(file, folder / Path(file).name)
+
+
 def is_densa_checkpoint(path: str | os.PathLike) -> bool:
     config = Path(path) / CONFIG_FILE
     if not config.is_file():
@@ -67,8 +72,9 @@ def save_model(
     *,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
+    extra_files: Iterable[str | os.PathLike] = (),
 ) -> Path:
-    """Write a densa model folder; `dtype` casts floating tensors (e.g. torch.bfloat16)."""
+    """Write a densa model folder; `dtype` casts floats; `extra_files` (e.g. tokenizer) are copied in."""
     tensors = {}
     for key, tensor in state_dict.items():
         tensor = tensor.detach()
@@ -79,6 +85,7 @@ def save_model(
         save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": config.to_dict()}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        copy_files(extra_files, tmp)
     return Path(path)
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from densa.models.checkpoint_io import atomic_dir
+from densa.models.checkpoint_io import atomic_dir, copy_files
 from densa.models.config import ModelConfig
 from densa.models.hf.config_map import TOKEN_ID_KEYS, config_to_hf, hf_flavour
 from densa.models.hf.files import parse_size, save_safetensors, write_json
@@ -39,6 +40,7 @@ def save_hf(
     dtype: torch.dtype | None = None,
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
+    extra_files: Iterable[str | os.PathLike] = (),
 ) -> Path:
     """Write an HF folder (config.json, generation_config.json, safetensors) for a densa state dict."""
     flavour = hf_flavour(config)
@@ -54,6 +56,7 @@ def save_hf(
         save_safetensors(hf_state, tmp, parse_size(max_shard_size))
         write_json(tmp / "config.json", hf_config)
         write_json(tmp / "generation_config.json", generation)
+        copy_files(extra_files, tmp)
         if flavour == "densa":
             code = resources.files("densa.models.hf").joinpath("remote_code")
             for name in REMOTE_CODE_FILES:
