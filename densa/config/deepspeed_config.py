@@ -26,7 +26,7 @@ _OWNERS = {
     "fp16.enabled": "parallel.precision",
     "fp16.loss_scale": "parallel.precision (fp16 always uses dynamic loss scaling)",
 }
-_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+_BATCH_KEYS = ("train_batch_size", "gradient_accumulation_steps")  # depend on the world size
 # Owned by the trainer, which builds the optimizer and LR schedule from the optim and schedule sections.
 _RESERVED = {"optimizer": "optim", "scheduler": "schedule"}
 
