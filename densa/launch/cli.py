@@ -16,6 +16,8 @@ from densa.errors import DensaError
 # Modules under densa.launch.commands, in the order they appear in `densa --help`.
 COMMAND_MODULES = (
     "data",
+    "check",
+    "launch",
     "convert",
 )
 
