@@ -59,6 +59,13 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Normal(0, init_std); residual output projections scaled by 1/sqrt(2·n_layers) (GPT-2)."""
+        if self.tp_size > 1:
+            # Per-shard normal_ would give identically seeded ranks identical shards (a symmetry
+            # training never breaks): draw the tp = 1 weights and keep this rank's shard instead.
+            from densa.models.parallel import init_from_full
+
+            init_from_full(self)
+            return
         std = self.config.init_std
         out_std = std / math.sqrt(2 * self.config.n_layers)
         for name, param in self.named_parameters():
