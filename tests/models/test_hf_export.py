@@ -114,6 +114,7 @@ def test_bf16_export(tmp_path):
     export_hf(tmp_path / "hf", model, dtype=torch.bfloat16)
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["torch_dtype"] == "bfloat16"
+    assert config["eos_token_id"] is None  # never HF's LlamaConfig default (2) for a densa-native model
     assert load_hf_model(tmp_path / "hf", dtype=torch.bfloat16).embed_tokens.weight.dtype == torch.bfloat16
 
 

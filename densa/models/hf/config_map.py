@@ -167,7 +167,8 @@ def config_to_hf(config: ModelConfig, dtype: str) -> dict[str, Any]:
         "use_cache": True,
         "torch_dtype": dtype,
         **_rope_fields(config),
-        **{k: config.extra[k] for k in TOKEN_ID_KEYS if k in config.extra},
+        # Explicit nulls: otherwise LlamaConfig defaults (bos=1, eos=2) would be invented.
+        **{k: config.extra.get(k) for k in TOKEN_ID_KEYS},
     }
     if flavour == "qwen2":
         hf.update(
