@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the schema pulls in torch through densa.models; keep `densa --help` fast
+    from densa.config.schema import RunConfig
 
 
 def add_recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_check)
 
 
-def environment_warnings(cfg) -> list[str]:  # noqa: ANN001 - RunConfig, imported lazily
+def environment_warnings(cfg: RunConfig) -> list[str]:
     """Things that are fine in a recipe but will fail on this machine: missing files, fp16 without GPU."""
     out = []
     sources = [
