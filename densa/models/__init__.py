@@ -1,9 +1,27 @@
-"""Decoder models: config, layers, KV cache, hook points, HF interop (`densa.models.hf`)."""
+"""Decoder models: config, layers, KV cache, hook points, HF interop (`densa.models.hf`).
 
-from densa.models.config import ModelConfig, RopeScaling
-from densa.models.hooks import HookPoint, capture
-from densa.models.kv_cache import KVCache
-from densa.models.loss import causal_lm_loss
-from densa.models.transformer import Transformer
+Names are imported lazily so that `densa.models.config` (used by recipe validation) loads without torch.
+"""
 
-__all__ = ["HookPoint", "KVCache", "ModelConfig", "RopeScaling", "Transformer", "capture", "causal_lm_loss"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ModelConfig": "densa.models.config",
+    "RopeScaling": "densa.models.config",
+    "HookPoint": "densa.models.hooks",
+    "capture": "densa.models.hooks",
+    "KVCache": "densa.models.kv_cache",
+    "causal_lm_loss": "densa.models.loss",
+    "Transformer": "densa.models.transformer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'densa.models' has no attribute {name!r}")
