@@ -46,7 +46,7 @@ def train_sentencepiece(
     seed: int = 0,
     add_dummy_prefix: bool = False,
 ) -> Path:
-    """Train on UTF-8 text files and write `<out_dir>/tokenizer.model`; returns its path.
+    """Train on UTF-8 text files (or folders of them) and write `<out_dir>/tokenizer.model`; returns its path.
 
     Ids: 0 `<unk>`, 1 `<s>` (bos), 2 `</s>` (eos), 3 `<pad>`, then `special_tokens` as user-defined
     symbols (matched verbatim in text, e.g. chat markers), then bytes and learned pieces.
@@ -57,10 +57,12 @@ def train_sentencepiece(
 
     if model_type not in ("bpe", "unigram"):
         raise DataError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
-    files = [Path(p) for p in inputs]
-    for p in files:
-        if not p.is_file():
+    from densa.data.readers import expand_inputs
+
+    for p in map(Path, inputs):
+        if not p.exists():
             raise DataError(f"tokenizer training input {p} does not exist")
+    files = expand_inputs(inputs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     special = [t for t in special_tokens if t]
