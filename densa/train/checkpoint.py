@@ -1,0 +1,209 @@
+"""Atomic, resumable training checkpoints in RUN_DIR/checkpoints/step_N/.
+
+A checkpoint is written into `step_N.tmp/`, completed by a `COMPLETE` marker written last, then renamed
+to `step_N/`; only folders with the marker count, and `*.tmp` leftovers of a crashed save are removed at
+the next start. Contents:
+
+    deepspeed/              DeepSpeed save_checkpoint: model, optimizer, ZeRO partitions (one per DP rank)
+    train_state.json        step, consumed_samples, skip counters, LR scheduler, topology
+    rng_rank{R}.pt          python / numpy / torch (/ cuda) RNG of rank R
+    callbacks.pt            state_dict() of every callback, by name (rank 0's)
+    recipe.yaml             the resolved recipe the run was started with
+    COMPLETE                marker, written last
+
+DeepSpeed's own format is used for model and optimizer because it already knows how to save and reload
+ZeRO-partitioned optimizer state across stages; the partition layout ties a ZeRO ≥ 1 checkpoint to its
+DP size, which `load` checks before DeepSpeed would fail obscurely.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from densa.errors import CheckpointError
+from densa.train import engine as eng
+
+MARKER = "COMPLETE"
+STATE_FILE = "train_state.json"
+CALLBACKS_FILE = "callbacks.pt"
+RECIPE_FILE = "recipe.yaml"
+_STEP_RE = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    """Optimizer steps completed (skipped ones included)."""
+    consumed_samples: int = 0
+    """Global samples drawn from the training data so far: the data position."""
+    skipped_steps: int = 0
+    """Steps skipped for a non-finite loss, in total."""
+    consecutive_bad: int = 0
+    """Non-finite steps in a row at the end of the run so far."""
+
+
+def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+def complete_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint under the run dir, oldest first."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        m = _STEP_RE.match(child.name)
+        if m and child.is_dir() and is_complete(child):
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def resolve_resume(resume: str, run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint to resume from: `auto` (newest complete in the run dir, if any), `none`, or a path."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return latest_checkpoint(run_dir)
+    path = Path(resume)
+    if path.is_dir() and not is_complete(path) and latest_checkpoint(path) is not None:
+        return latest_checkpoint(path)  # a run dir was given
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint.resume: {path} does not exist")
+    if not is_complete(path):
+        raise CheckpointError(f"checkpoint.resume: {path} has no {MARKER} marker (an interrupted save?)")
+    return path
+
+
+def clean_leftovers(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove `step_N.tmp` folders of interrupted saves; returns what was removed."""
+    root = checkpoints_dir(run_dir)
+    removed = []
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.endswith(".tmp") and child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child)
+    return removed
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def topology(engine: eng.Engine) -> dict[str, int]:
+    return {
+        "world_size": engine.world.world_size,
+        "dp": engine.dp_size,
+        "tp": engine.tp,
+        "zero_stage": engine.zero_stage,
+    }
+
+
+class CheckpointManager:
+    """Saves and loads checkpoints of one run; every method is collective over all ranks."""
+
+    def __init__(self, run_dir: str | os.PathLike, keep_last: int, engine: eng.Engine) -> None:
+        self.root = checkpoints_dir(run_dir)
+        self.keep_last, self.engine = keep_last, engine
+        self.rank = engine.world.rank
+
+    def save(
+        self,
+        state: TrainState,
+        callback_state: dict[str, Any],
+        recipe_yaml: str,
+        before_commit: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """Write step_N atomically. `before_commit(tmp)` runs on every rank once all files are written."""
+        final = self.root / f"step_{state.step}"
+        tmp = self.root / f"step_{state.step}.tmp"
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        eng.barrier()
+        self.engine.save(tmp)
+        torch.save(eng.rng_state(), tmp / f"rng_rank{self.rank}.pt")
+        if self.rank == 0:
+            record = {
+                **asdict(state),
+                "scheduler": self.engine.scheduler_state(),
+                "topology": topology(self.engine),
+            }
+            (tmp / STATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+            torch.save(callback_state, tmp / CALLBACKS_FILE)
+            (tmp / RECIPE_FILE).write_text(recipe_yaml)
+        eng.barrier()
+        if before_commit is not None:
+            before_commit(tmp)
+        eng.barrier()
+        if self.rank == 0:
+            _fsync_tree(tmp)
+            (tmp / MARKER).write_text(f"step {state.step}\n")
+            _fsync_dir(tmp)
+            if final.exists():  # re-saving a step (e.g. a signal right after an interval save)
+                shutil.rmtree(final)
+            tmp.rename(final)
+            _fsync_dir(self.root)
+            self._prune()
+        eng.barrier()
+        return final
+
+    def _prune(self) -> None:
+        for _, path in complete_checkpoints(self.root.parent)[: -self.keep_last]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def load(self, path: Path) -> tuple[TrainState, dict[str, Any]]:
+        """Restore engine, scheduler and this rank's RNG; returns the train state and callback state."""
+        record = json.loads((path / STATE_FILE).read_text())
+        saved, now = record["topology"], topology(self.engine)
+        mismatch = {k: (saved[k], now[k]) for k in ("tp", "zero_stage") if saved[k] != now[k]}
+        if saved["dp"] != now["dp"] and now["zero_stage"] > 0:
+            mismatch["dp"] = (saved["dp"], now["dp"])
+        if mismatch:
+            desc = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in mismatch.items())
+            raise CheckpointError(
+                f"{path}: saved with a different topology ({desc}); ZeRO partitions and TP shards cannot be"
+                " re-sliced on load. Start a new run with init.from_path pointing at this checkpoint"
+                " (weights only), or keep the original topology."
+            )
+        self.engine.load(path)
+        self.engine.load_scheduler_state(record.pop("scheduler"))
+        rng = path / f"rng_rank{self.rank}.pt"
+        if rng.is_file():
+            eng.set_rng_state(torch.load(rng, weights_only=False))
+        state = TrainState(**{k: record[k] for k in asdict(TrainState())})
+        callbacks = (
+            torch.load(path / CALLBACKS_FILE, weights_only=False) if (path / CALLBACKS_FILE).is_file() else {}
+        )
+        return state, callbacks

@@ -1,0 +1,367 @@
+"""The training engine: DeepSpeed around a densa model. The ONLY module that imports deepspeed.
+
+One `Engine.train_step(micro_batches)` is one optimizer step: forward, `engine.backward` and
+`engine.step` per micro-batch (DeepSpeed owns gradient accumulation, DP reduction, ZeRO partitioning,
+clipping and mixed precision), then one all-reduce that agrees across ranks on the mean loss, on whether
+any rank saw a non-finite loss and on whether any rank was asked to stop.
+
+Decisions worth knowing:
+- The optimizer is a torch AdamW object (DeepSpeed's own AdamW JIT-builds a C++ op for minutes on CPU).
+  Norms, biases and embeddings get no weight decay.
+- The LR scheduler (LambdaLR over `densa.train.schedules`) is stepped here, not by DeepSpeed: DeepSpeed
+  skips its scheduler on overflow steps, we want the LR to be a function of the step index only, and its
+  state travels in densa's train state so resume restores it exactly.
+- Non-finite loss: that micro-batch's loss is multiplied by NaN before backward, so every rank's
+  gradients go non-finite together. ZeRO ≥ 1 then skips the update through DeepSpeed's own overflow check
+  (bf16 needs `bf16.check_grad_overflow`, set here); ZeRO-0 hands the torch optimizer no gradients.
+- Checkpoints use DeepSpeed's save_checkpoint/load_checkpoint (per-rank ZeRO partitions handled for us);
+  `densa.train.checkpoint` makes them atomic and adds densa's own state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from densa.config.checks import derived_batch
+from densa.config.deepspeed_config import build_deepspeed_config
+from densa.config.schema import RunConfig
+from densa.errors import CheckpointError
+from densa.models.loss import causal_lm_loss
+from densa.train.schedules import build_lr_lambda
+
+DS_TAG = "deepspeed"  # sub-folder of a densa checkpoint that holds DeepSpeed's files
+Batch = Mapping[str, torch.Tensor]
+LossFn = Callable[[Callable[..., torch.Tensor], Batch], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(timeout_s: float = 600.0) -> World:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU).
+
+    Without launcher variables this is a world of one (DeepSpeed would otherwise look for MPI). The
+    timeout bounds every collective, so a rank blocked on a dead peer fails instead of hanging forever.
+    """
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def no_decay(name: str, param: nn.Parameter) -> bool:
+    """Norm weights, biases and embeddings are not weight-decayed."""
+    return param.ndim < 2 or name.endswith(".bias") or "norm" in name or "embed" in name
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, plain = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (plain if no_decay(name, param) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def lm_loss(model: Callable[..., torch.Tensor], batch: Batch) -> torch.Tensor:
+    """Default loss: next-token CE, masked by `loss_mask` when the batch has one (SFT)."""
+    return causal_lm_loss(model(batch["input_ids"]), batch["labels"], batch.get("loss_mask"))
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    loss: float
+    """Mean loss over the step's micro-batches and DP ranks (NaN when the step was skipped)."""
+    lr: float
+    """Learning rate this step used."""
+    grad_norm: float | None
+    """Global gradient norm before clipping (None when skipped)."""
+    applied: bool
+    """False when the update was skipped (non-finite loss or fp16 overflow)."""
+    nonfinite: bool
+    """Some rank saw a non-finite loss."""
+    stop: bool
+    """Some rank asked to stop (signal)."""
+
+
+class Engine:
+    """DeepSpeed engine + torch AdamW + LambdaLR for one `RunConfig`."""
+
+    def __init__(self, cfg: RunConfig, model: nn.Module, world: World) -> None:
+        self.cfg, self.world = cfg, world
+        self.batch = derived_batch(cfg, world.world_size)
+        self.zero_stage = cfg.parallel.zero_stage
+        self.tp = cfg.parallel.tp
+        ds_config = build_deepspeed_config(cfg, world.world_size)
+        if cfg.parallel.precision == "bf16":
+            ds_config["bf16"].setdefault("check_grad_overflow", True)
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(
+            param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps, foreach=False
+        )
+        mpu = None
+        if self.tp > 1:
+            from megatron.core import parallel_state
+
+            mpu = parallel_state
+        self.ds, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=ds_config, mpu=mpu
+        )
+        if self.zero_stage == 3 and hasattr(model, "output_weight"):
+            # The LM head reads output_weight outside the module that owns it; ZeRO-3 must gather it.
+            deepspeed.zero.register_external_parameter(model, model.output_weight)
+        self.torch_optimizer = optimizer
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, build_lr_lambda(cfg.schedule, cfg.train.steps)
+        )
+        self.device = self.ds.device
+
+    # ------------------------------------------------------------------------------------ properties
+
+    @property
+    def module(self) -> nn.Module:
+        return self.ds.module
+
+    @property
+    def dp_rank(self) -> int:
+        return self.world.rank // self.tp
+
+    @property
+    def dp_size(self) -> int:
+        return self.batch.dp
+
+    @property
+    def lr(self) -> float:
+        return float(self.torch_optimizer.param_groups[0]["lr"])
+
+    def train(self, mode: bool = True) -> None:
+        self.ds.train(mode)
+
+    # ------------------------------------------------------------------------------------ stepping
+
+    def _to_device(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def train_step(
+        self, micro_batches: list[Batch], loss_fn: LossFn = lm_loss, stop: bool = False
+    ) -> StepOutput:
+        """One optimizer step over this rank's `grad_accum` micro-batches."""
+        if len(micro_batches) != self.batch.grad_accum:
+            raise ValueError(f"expected {self.batch.grad_accum} micro-batches, got {len(micro_batches)}")
+        self.ds.train()
+        loss_sum, bad = 0.0, 0
+        for i, batch in enumerate(micro_batches):
+            loss = loss_fn(self.ds, self._to_device(batch))
+            finite = bool(torch.isfinite(loss.detach()).all())
+            if finite:
+                loss_sum += float(loss.detach())
+            else:
+                bad += 1
+                loss = loss * float("nan")  # poison this rank's grads so every rank skips the update
+            self.ds.backward(loss)
+            if i < len(micro_batches) - 1:
+                self.ds.step()
+        stats = torch.tensor([loss_sum / len(micro_batches), float(bad), float(stop)], dtype=torch.float64)
+        dist.all_reduce(stats)
+        nonfinite = stats[1].item() > 0
+        lr = self.lr
+        grad_norm = None
+        if self.zero_stage == 0:
+            if nonfinite:
+                self.ds.zero_grad()  # no grads -> torch AdamW leaves params and state untouched
+            else:
+                grad_norm = self._grad_norm()
+        self.ds.step()
+        applied = self.ds.was_step_applied() and not nonfinite
+        if self.zero_stage > 0:
+            if nonfinite and self.ds.was_step_applied():
+                raise RuntimeError("DeepSpeed applied an update although a loss was non-finite")
+            norm = self.ds.get_global_grad_norm()
+            grad_norm = float(norm) if norm is not None and applied else None
+        self.scheduler.step()
+        loss = float("nan") if nonfinite else stats[0].item() / self.world.world_size
+        return StepOutput(loss, lr, grad_norm, applied, nonfinite, stats[2].item() > 0)
+
+    def _grad_norm(self) -> float:
+        """Global grad norm for ZeRO-0 (DeepSpeed clips but does not report it); TP shards summed."""
+        sharded, replicated = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+        for p in self.module.parameters():
+            if p.grad is not None:
+                sq = p.grad.detach().double().pow(2).sum().cpu()
+                if getattr(p, "tensor_model_parallel", False):
+                    sharded += sq
+                else:
+                    replicated += sq
+        if self.tp > 1:
+            from densa.models.parallel import tp_group
+
+            dist.all_reduce(sharded, group=tp_group())
+        return math.sqrt(float(sharded + replicated))
+
+    # ------------------------------------------------------------------------------------ eval
+
+    def eval_losses(self, batches: list[Batch]) -> tuple[float, float]:
+        """(sum of token losses, token count) over this rank's `batches`, summed over DP ranks."""
+        from densa.train.eval import loss_sums
+
+        self.ds.eval()
+        total = loss_sums(self.ds, batches, self.device)
+        self.ds.train()
+        if self.tp > 1:  # TP replicas hold the same batches: count each DP rank once
+            total /= self.tp
+        dist.all_reduce(total)
+        return total[0].item(), total[1].item()
+
+    # ------------------------------------------------------------------------------------ state
+
+    def save(self, folder: Path) -> None:
+        """Collective: DeepSpeed's model + optimizer (+ ZeRO partitions) into `folder`/deepspeed."""
+        self.ds.save_checkpoint(str(folder), tag=DS_TAG, save_latest=False)
+
+    def load(self, folder: Path) -> None:
+        path, _ = self.ds.load_checkpoint(
+            str(folder), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if path is None:
+            raise CheckpointError(f"{folder}: DeepSpeed found no checkpoint under {DS_TAG}/")
+
+    def scheduler_state(self) -> dict[str, Any]:
+        return {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
+
+    def load_scheduler_state(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict({**state, "lr_lambdas": [None] * len(self.scheduler.lr_lambdas)})
+        for group, lr in zip(self.torch_optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tp = 1 model state on every rank (ZeRO-3 parameters gathered, TP shards joined)."""
+        module = self.module
+        if self.zero_stage == 3:
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                state = {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
+        else:
+            state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        if self.tp > 1:
+            from densa.models.parallel import gather_state_dict
+
+            state = gather_state_dict(state, module.config)
+        return state
+
+
+# ---------------------------------------------------------------------------------------- process-wide
+
+
+def all_reduce_max(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def barrier() -> None:
+    dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def device_kind() -> str:
+    """ "cuda" or "cpu": what this process trains on."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def memory_stats() -> dict[str, float]:
+    """Resident set size (CPU) and peak accelerator memory, in GiB."""
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/self/statm") as f:
+            out["mem/rss_gib"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        out["mem/gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+# Dense bf16 peak FLOP/s of common accelerators (vendor datasheets, without sparsity).
+_GPU_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+CPU_FLOPS_PER_CORE = 1e11  # ~AVX2: 2 FMA units x 8 fp32 lanes x 2 flops x ~3 GHz
+
+
+def peak_flops() -> float:
+    """Per-rank peak FLOP/s for MFU: $DENSA_PEAK_FLOPS, else a GPU table, else a CPU estimate."""
+    if os.environ.get("DENSA_PEAK_FLOPS"):
+        return float(os.environ["DENSA_PEAK_FLOPS"])
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        for key, flops in _GPU_PEAK.items():
+            if key in name:
+                return flops
+        return 100e12
+    return torch.get_num_threads() * CPU_FLOPS_PER_CORE
+
+
+def checkpoint_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """fp32 tp = 1 model weights of a densa training checkpoint, without building an engine.
+
+    ZeRO-0/1/2 store the whole module in mp_rank_00_model_states.pt; ZeRO-3 partitions it, so DeepSpeed's
+    zero_to_fp32 reassembles the fp32 master weights. Tensor-parallel checkpoints are not joined here.
+    """
+    ds_dir = Path(folder) / DS_TAG
+    shards = sorted(ds_dir.glob("mp_rank_*_model_states.pt"))
+    if len(shards) > 1:
+        raise CheckpointError(f"{folder}: a tensor-parallel checkpoint; export it with export.hf_dir instead")
+    if shards:
+        module = torch.load(shards[0], map_location="cpu", weights_only=False)["module"]
+        return {k: v.float() for k, v in module.items()}
+    if list(ds_dir.glob("zero_pp_rank_*_model_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=DS_TAG))
+    raise CheckpointError(f"{folder}: no DeepSpeed model states under {DS_TAG}/")

@@ -1,0 +1,102 @@
+"""Scenarios run as separate processes by the trainer tests (one process per rank).
+
+    python rank_scenarios.py SCENARIO OUT_DIR [ARG]
+
+Rank 0 writes OUT_DIR/result.json where a scenario has results to report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from trainer_helpers import SEQ, VOCAB, StopAt, replace, tiny_cfg, weights
+
+from densa.train.callbacks import Callback
+from densa.train.run import build_trainer, train
+from densa.train.synthetic import SyntheticDataset
+
+torch.set_num_threads(1)
+DATA = SyntheticDataset(VOCAB, SEQ)
+
+
+def gold(out: Path, zero_stage: str) -> None:
+    """2N steps vs N + resume + N on this world, ZeRO stage `zero_stage`."""
+    n = 3
+    base = replace(tiny_cfg(out / "full", steps=2 * n), "parallel", zero_stage=int(zero_stage))
+    ref_trainer = build_trainer(base, train_data=DATA)
+    ref = ref_trainer.fit()
+    split_cfg = replace(base, "run", out_dir=str(out / "split"))
+    first = build_trainer(split_cfg, callbacks=[StopAt(n - 1)], train_data=DATA).fit()
+    second_trainer = build_trainer(split_cfg, train_data=DATA)
+    second = second_trainer.fit()
+    a, b = weights(ref_trainer), weights(second_trainer)
+    if int(os.environ["RANK"]) == 0:
+        result = {
+            "full": [h["loss"] for h in ref.history],
+            "split": [h["loss"] for h in first.history + second.history],
+            "full_lr": [h["lr"] for h in ref.history],
+            "split_lr": [h["lr"] for h in first.history + second.history],
+            "max_weight_diff": max(float((a[k] - b[k]).abs().max()) for k in a),
+            "files": sorted(
+                p.name for p in (out / "split" / "checkpoints" / f"step_{2 * n}" / "deepspeed").iterdir()
+            ),
+        }
+        (out / "result.json").write_text(json.dumps(result))
+
+
+class DieAt(Callback):
+    def __init__(self, step: int, rank: int) -> None:
+        self.step, self.rank = step, rank
+
+    def pre_step(self, trainer, step) -> None:
+        if step == self.step and trainer.engine.world.rank == self.rank:
+            os._exit(17)
+
+
+def die(out: Path, _: str) -> None:
+    """Rank 1 dies before step 2; rank 0 must not hang."""
+    build_trainer(tiny_cfg(out, steps=50), callbacks=[DieAt(2, 1)], train_data=DATA).fit()
+
+
+class KillDuringSave(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_checkpoint_save(self, trainer, step, path) -> None:
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_in_save(out: Path, arg: str) -> None:
+    """Checkpoint every 2 steps; SIGKILL while step_4 is being written (when arg == 'kill')."""
+    cfg = replace(tiny_cfg(out, steps=6), "checkpoint", interval=2, keep_last=3, resume="auto")
+    callbacks = [KillDuringSave(4)] if arg == "kill" else []
+    result = train(cfg, callbacks=callbacks, train_data=DATA)
+    (out / "result.json").write_text(
+        json.dumps({"losses": [h["loss"] for h in result.history], "first_step": result.history[0]["step"]})
+    )
+
+
+class Slow(Callback):
+    def post_step(self, trainer, step, metrics) -> None:
+        time.sleep(0.3)
+
+
+def sigterm(out: Path, _: str) -> None:
+    """Runs long and slowly; the test sends SIGTERM."""
+    cfg = replace(tiny_cfg(out, steps=500), "checkpoint", interval=1000, resume="auto")
+    result = build_trainer(cfg, callbacks=[Slow()], train_data=DATA).fit()
+    (out / "result.json").write_text(
+        json.dumps({"interrupted": result.interrupted, "step": result.state.step})
+    )
+
+
+if __name__ == "__main__":
+    name, out_dir = sys.argv[1], Path(sys.argv[2])
+    globals()[name](out_dir, sys.argv[3] if len(sys.argv) > 3 else "")
