@@ -109,8 +109,9 @@ def main() -> None:
     ]
     for r in rows:
         lines.append(
-            f"| {r['size']} | {r['params'] / 1e6:.2f}M | {r['densa_step_s']:.4f} | {r['transformers_step_s']:.4f} "
-            f"| **{r['speedup']:.2f}×** | {r['loss_densa']:.5f} | {r['loss_transformers']:.5f} |"
+            f"| {r['size']} | {r['params'] / 1e6:.2f}M | {r['densa_step_s']:.4f} "
+            f"| {r['transformers_step_s']:.4f} | **{r['speedup']:.2f}×** "
+            f"| {r['loss_densa']:.5f} | {r['loss_transformers']:.5f} |"
         )
     payload = {"benchmark": "model_step", "machine": machine_info(), "args": vars(args), "results": rows}
     write_results("model_step", payload, "\n".join(lines) + "\n")
