@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "check",
     "launch",
     "convert",
+    "sparsity",
 )
 
 

@@ -33,7 +33,9 @@ def make_sequences(tokens: torch.Tensor, seq_len: int, num_tokens: int) -> torch
     return tokens[:needed].reshape(num_seqs, seq_len + 1)
 
 
-def check_sequences(seqs: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
+def check_sequences(seqs: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+    """[num_seqs, seq_len + 1] ids within the model's vocabulary (when it has a `config.vocab_size`)."""
+    vocab_size = getattr(getattr(unwrap(model), "config", None), "vocab_size", None) if model else None
     if seqs.dim() != 2 or seqs.shape[1] < 2:
         raise CalibrationDataError(
             f"sequences must be [num_seqs, seq_len + 1] with seq_len >= 1, got {list(seqs.shape)}"
@@ -58,7 +60,7 @@ def _device(model: nn.Module) -> torch.device:
 def eval_loss(model: nn.Module, seqs: torch.Tensor, batch_size: int = 8) -> float:
     """Mean next-token cross-entropy (nats) over all seq_len predictions of every sequence."""
     model = unwrap(model)
-    seqs = check_sequences(seqs, getattr(getattr(model, "config", None), "vocab_size", None))
+    seqs = check_sequences(seqs, model)
     was_training, device = model.training, _device(model)
     model.eval()
     total, count = 0.0, 0
@@ -102,8 +104,8 @@ def collect_ffn(
     independent of how much text is read.
     """
     model = unwrap(model)
-    seqs = check_sequences(seqs)
     layers = ffn_layers(model)
+    seqs = check_sequences(seqs, model)
     n_seq, seq_len = seqs.shape[0], seqs.shape[1] - 1
     total = n_seq * seq_len
     if max_tokens is None or max_tokens >= total:

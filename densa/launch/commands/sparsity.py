@@ -1,0 +1,116 @@
+"""`densa sparsity measure`: PPL-p% activation sparsity of a model → JSON report, markdown, PNG plots."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    sp = subparsers.add_parser("sparsity", help="activation-sparsity metrics (CETT, PPL-p%)")
+    sub = sp.add_subparsers(dest="sparsity_command", metavar="SUBCOMMAND")
+    sp.set_defaults(handler=lambda args: (sp.print_help(), 2)[1])
+    m = sub.add_parser("measure", help="PPL-p% sparsity: per-layer CETT thresholds so perplexity rises by p%")
+    m.add_argument("--model", required=True, help="densa model folder or HF model folder")
+    m.add_argument(
+        "--data", required=True, help=".bin/.idx prefix (densa data preprocess) or a UTF-8 text file"
+    )
+    m.add_argument("--tokenizer", help="tokenizer for a text --data (default: the model folder's)")
+    m.add_argument(
+        "--ppl-p", type=float, default=1.0, help="allowed perplexity increase in percent (default 1)"
+    )
+    m.add_argument("--seq-len", type=int, default=256)
+    m.add_argument("--num-tokens", type=int, default=16384, help="tokens scored (and calibrated on)")
+    m.add_argument(
+        "--max-cett-tokens", type=int, default=4096, help="tokens cached per layer for the CETT search"
+    )
+    m.add_argument(
+        "--sweep", default="0.05,0.1,0.2,0.3", help="extra CETT targets for the ppl-vs-sparsity plot"
+    )
+    m.add_argument("--baselines", action="store_true", help="also search top-k and FAT-ε for the same p")
+    m.add_argument("--tol", type=float, default=0.05, help="ratio tolerance, relative to p/100")
+    m.add_argument("--batch-size", type=int, default=8)
+    m.add_argument("--out", default="sparsity_report", help="output folder")
+    m.set_defaults(handler=_measure)
+
+
+def _load_model(path: str):
+    from densa.errors import CheckpointError
+    from densa.models.checkpoint_io import is_densa_checkpoint, load_transformer
+    from densa.models.hf.importer import is_hf_folder, load_hf_model
+
+    if is_densa_checkpoint(path):
+        return load_transformer(path)
+    if is_hf_folder(path):
+        return load_hf_model(path)
+    raise CheckpointError(
+        f"{path}: neither a densa model folder nor an HF folder (config.json with model_type)"
+    )
+
+
+def _load_tokens(args: argparse.Namespace, need: int):
+    import numpy as np
+    import torch
+
+    from densa.data.indexed import IndexedDataset, data_paths
+    from densa.data.tokenizer import load_tokenizer
+    from densa.errors import DataError
+
+    if all(p.exists() for p in data_paths(args.data)):
+        ds, parts, have = IndexedDataset(args.data), [], 0
+        for i in range(len(ds)):  # read only as many documents as needed
+            if have >= need:
+                break
+            parts.append(ds[i].astype(np.int64))
+            have += parts[-1].size
+        return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.int64))
+    if not Path(args.data).is_file():
+        raise DataError(f"--data {args.data}: neither a .bin/.idx prefix nor a text file")
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    return torch.tensor(tokenizer.encode(Path(args.data).read_text(encoding="utf-8")), dtype=torch.long)
+
+
+def _measure(args: argparse.Namespace) -> int:
+    import math
+
+    from densa.sparsity import make_sequences, ppl_p_sparsity
+    from densa.sparsity.baselines import baseline_ppl_p
+    from densa.sparsity.plots import write_plots
+    from densa.sparsity.ppl import check_p
+
+    check_p(args.ppl_p)  # fail before loading anything
+    model = _load_model(args.model)
+    need = math.ceil(args.num_tokens / args.seq_len) * (args.seq_len + 1)
+    seqs = make_sequences(_load_tokens(args, need), args.seq_len, args.num_tokens)
+    sweep = [float(x) for x in args.sweep.split(",") if x.strip()]
+    report = ppl_p_sparsity(
+        model,
+        seqs,
+        args.ppl_p,
+        tol=args.tol,
+        sweep=sweep,
+        max_cett_tokens=args.max_cett_tokens,
+        batch_size=args.batch_size,
+    )
+    if args.baselines:
+        report.baselines = [
+            baseline_ppl_p(
+                model,
+                seqs,
+                m,
+                args.ppl_p,
+                tol=args.tol,
+                batch_size=args.batch_size,
+                ppl_dense=report.ppl_dense,
+            )
+            for m in ("topk", "fat")
+        ]
+    report.meta.update(model=Path(args.model).name, data=Path(args.data).name)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report.save(out / "sparsity.json")
+    (out / "sparsity.md").write_text(report.to_markdown(), encoding="utf-8")
+    write_plots(report, out)
+    print(report.to_markdown())
+    print(f"wrote {out}/sparsity.json, sparsity.md, sparsity_per_layer.png, ppl_vs_sparsity.png")
+    return 0
