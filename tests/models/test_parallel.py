@@ -139,3 +139,20 @@ def test_parallel_layers_need_initialised_groups() -> None:
         tp.column_parallel_linear(8, 8, bias=False)
     with pytest.raises(RuntimeError, match="torch.distributed initialised first"):
         tp.init_tensor_parallel(2)
+
+
+def _dp2_tp2() -> tuple[int, bool]:
+    tp.init_tensor_parallel(2)
+    config = tiny_model_config()
+    torch.manual_seed(3)
+    ref = Transformer(config)
+    model = Transformer(config, tp_size=2)
+    model.load_state_dict(tp.shard_state_dict(ref.state_dict(), config, tp.tp_rank(), 2))
+    ids = random_tokens(config, seed=torch.distributed.get_rank() // 2)  # one batch per DP replica
+    return tp.tp_rank(), torch.allclose(model(ids), ref(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_four_ranks_form_two_tp_groups_of_consecutive_ranks() -> None:
+    results = run_distributed(_dp2_tp2, world_size=4, timeout=60)
+    assert [r[0] for r in results] == [0, 1, 0, 1]
+    assert all(r[1] for r in results)
