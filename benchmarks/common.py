@@ -26,7 +26,9 @@ def machine_info() -> dict:
     }
 
 
-def time_interleaved(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def time_interleaved(
+    fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
     """Run each function `repeats` times, alternating between them so drifts in machine load hit all alike."""
     for fn in fns.values():
         for _ in range(warmup):
