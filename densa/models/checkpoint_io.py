@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from densa.errors import CheckpointError
 from densa.models.config import ModelConfig
+from densa.models.rope import RotaryEmbedding
 from densa.models.transformer import Transformer
 
 FORMAT = "densa-model"
@@ -126,10 +127,25 @@ def build_transformer(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> Transformer:
-    """A Transformer holding `state`; key or shape mismatches raise CheckpointError."""
-    model = Transformer(config)
+    """A Transformer built around `state`'s tensors (no copy unless `dtype`/`device` differ).
+
+    Key or shape mismatches raise CheckpointError."""
+    model = _build_without_init(config)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
         raise CheckpointError(f"state dict does not fit the model: {err}") from None
     return model.to(device=device, dtype=dtype).eval()
+
+
+def _build_without_init(config: ModelConfig) -> Transformer:
+    """Build on the meta device (random init of a large model costs seconds to minutes, all overwritten),
+    then recreate the RoPE tables, the only non-persistent buffers. Falls back to a normal build if the
+    model ever grows other buffers that loading would not fill."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling, config.max_seq_len)
+    persistent = {name for name, _ in model.named_parameters()} | set(model.state_dict())
+    if any(name not in persistent for name, t in model.named_buffers() if t.is_meta):
+        return Transformer(config)
+    return model
