@@ -1,0 +1,33 @@
+"""Long-context inference: KV policies (full, StreamingLLM, H2O, SnapKV, random, Locret) behind one
+interface, a chunked-prefill driver with a token budget, and synthetic long-context tasks."""
+
+from densa.longctx.errors import KVPolicyError
+from densa.longctx.policies import (
+    POLICIES,
+    FullPolicy,
+    H2OPolicy,
+    LocretPolicy,
+    RandomPolicy,
+    SnapKVPolicy,
+    StreamingLLMPolicy,
+    build_policy,
+)
+from densa.longctx.policy import KVPolicy
+from densa.longctx.prefill import GenerationResult, PolicySession, PolicyStats, generate_with_policy
+
+__all__ = [
+    "POLICIES",
+    "FullPolicy",
+    "GenerationResult",
+    "H2OPolicy",
+    "KVPolicy",
+    "KVPolicyError",
+    "LocretPolicy",
+    "PolicySession",
+    "PolicyStats",
+    "RandomPolicy",
+    "SnapKVPolicy",
+    "StreamingLLMPolicy",
+    "build_policy",
+    "generate_with_policy",
+]

@@ -1,0 +1,83 @@
+"""Synthetic long-context tasks: seeded, answers consistent with the context, long-document variants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from densa.errors import DensaError
+from densa.longctx.tasks import (
+    TaskVocab,
+    answer_accuracy,
+    first_occurrence,
+    long_document_mqar,
+    long_document_passkey,
+    mqar,
+    passkey,
+)
+
+V = TaskVocab()
+
+
+def _pairs(row: list[int], end: int) -> list[tuple[int, int]]:
+    return [(row[i], row[i + 1]) for i in range(end - 1) if V.key0 <= row[i] < V.value0]
+
+
+def test_mqar_is_seeded_and_answers_follow_keys() -> None:
+    a, b = mqar(3, 64, (4, 6), 3, seed=5), mqar(3, 64, (4, 6), 3, seed=5)
+    assert torch.equal(a.input_ids, b.input_ids) and not torch.equal(
+        a.input_ids, mqar(3, 64, 6, 3, seed=6).input_ids
+    )
+    assert a.tail == 6 and a.input_ids.shape == (3, 64) and int(a.answer_mask.sum()) == 9
+    for row, labels in zip(a.input_ids.tolist(), a.labels.tolist(), strict=True):
+        ctx = 64 - a.tail
+        pairs = dict(_pairs(row, ctx))
+        assert 4 <= len(pairs) <= 6 and row[0] == V.bos
+        for t in range(ctx, 64):
+            if labels[t] != -100:
+                assert row[t - 1] == V.query and labels[t] == pairs[row[t]]
+        assert V.value0 <= min(labels[t] for t in range(64) if labels[t] != -100)
+        assert all(tok not in range(V.value0, V.filler0) for tok in row[ctx:])  # answers hidden
+
+
+def test_first_occurrence_answers_first_value() -> None:
+    s = first_occurrence(4, 80, 4, 2, repeats=3, seed=2)
+    for row, labels in zip(s.input_ids.tolist(), s.labels.tolist(), strict=True):
+        pairs = _pairs(row, 80 - s.tail)
+        assert len(pairs) == 12
+        for t, label in enumerate(labels):
+            if label != -100:
+                assert label == next(v for k, v in pairs if k == row[t])
+
+
+def test_passkey_depth_and_labels() -> None:
+    s = passkey(2, 50, n_digits=3, depth=0.0, seed=1)
+    row = s.input_ids[0].tolist()
+    assert row[1] == V.passkey and row[-4:-2] == [V.query, V.passkey]
+    assert s.labels[0, -3:].tolist() == row[2:5]
+    logits = torch.nn.functional.one_hot(s.labels.clamp_min(0), V.size).float()
+    assert answer_accuracy(logits, s) == 1.0
+    assert answer_accuracy(logits[:, -s.tail :], s) == 1.0
+
+
+def test_long_document_variants_embed_needles_in_text(tmp_path) -> None:
+    (tmp_path / "a.txt").write_text("To be, or not to be, that is the question. " * 20)
+    (tmp_path / "b.txt").write_text("Now is the winter of our discontent. " * 20)
+    s = long_document_passkey(tmp_path, 2, 120, n_digits=2, seed=0)
+    text = bytes(t - V.filler0 for t in s.input_ids[0].tolist() if t >= V.filler0).decode()
+    assert "the" in text
+    m = long_document_mqar(tmp_path / "a.txt", 2, 120, n_pairs=3, n_queries=2, seed=0)
+    assert int(m.answer_mask.sum()) == 4
+    with pytest.raises(DensaError, match="no text file or folder"):
+        long_document_mqar(tmp_path / "missing", 1, 50)
+    (tmp_path / "short").mkdir()
+    (tmp_path / "short" / "c.txt").write_text("tiny")
+    with pytest.raises(DensaError, match="text has 4 tokens"):
+        long_document_passkey(tmp_path / "short", 1, 50)
+
+
+def test_task_size_errors() -> None:
+    with pytest.raises(DensaError, match="cannot hold 30 needles"):
+        mqar(1, 40, 30, 2)
+    with pytest.raises(DensaError, match="n_queries"):
+        mqar(1, 40, 2, 3)
