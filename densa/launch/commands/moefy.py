@@ -1,0 +1,71 @@
+"""`densa moefy CHECKPOINT --experts E [--top-k K] --out DIR`: dense checkpoint → MoE checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "moefy",
+        help="split a dense checkpoint's FFNs into experts (MoEfication) for MoE inference",
+        description="Cluster every FFN's neurons into E equal experts, reorder them expert by expert, "
+        "build centroid routers and write an MoE checkpoint (a densa model folder + moe.json + routers).",
+    )
+    p.add_argument("checkpoint", help="densa model folder or HF folder")
+    p.add_argument("--experts", type=int, required=True, help="experts per layer (must divide ffn_dim)")
+    p.add_argument("--top-k", type=int, default=None, help="experts per token (default: experts / 4)")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--method", choices=["kmeans", "random", "contiguous"], default="kmeans")
+    p.add_argument("--router", choices=["centroid", "mlp"], default="centroid")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--eval", metavar="PREFIX", default=None, help="tokenized .bin/.idx dataset: print PPL vs k"
+    )
+    p.add_argument("--eval-tokens", type=int, default=32768, help="tokens of --eval to score")
+    p.add_argument("--seq-len", type=int, default=256, help="sequence length for --eval")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(handler=_moefy)
+
+
+def _moefy(args: argparse.Namespace) -> int:
+    from densa.models.checkpoint_io import build_transformer
+    from densa.sparse_moe.inference import load_dense_state, moefy, perplexity_vs_top_k, save_moe
+
+    config, state = load_dense_state(args.checkpoint)
+    model = build_transformer(config, state)
+    top_k = args.top_k if args.top_k is not None else max(1, args.experts // 4)
+    layouts = moefy(model, args.experts, top_k, method=args.method, router=args.router, seed=args.seed)
+    out = save_moe(args.out, model, layouts, router=args.router, method=args.method, overwrite=args.overwrite)
+    print(
+        f"wrote {out}: {config.n_layers} layers x {args.experts} experts of {config.ffn_dim // args.experts}"
+        f" neurons, top-{top_k}"
+    )
+    if args.eval:
+        sequences = _eval_sequences(args.eval, args.eval_tokens, args.seq_len)
+        ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, top_k, args.experts) if k <= args.experts})
+        for k, ppl in perplexity_vs_top_k(model, sequences, ks).items():
+            print(f"top-{k:<4d} k/E {k / args.experts:.3f}  ppl {ppl:.4f}")
+    return 0
+
+
+def _eval_sequences(prefix: str, num_tokens: int, seq_len: int) -> list:
+    import numpy as np
+    import torch
+
+    from densa.data.indexed import IndexedDataset
+    from densa.sparse_moe.errors import MoEError
+
+    ds = IndexedDataset(prefix)
+    chunks, have = [], 0
+    for i in range(len(ds)):
+        chunks.append(np.asarray(ds[i], dtype=np.int64))
+        have += len(chunks[-1])
+        if have >= num_tokens + 1:
+            break
+    tokens = torch.from_numpy(np.concatenate(chunks)[: num_tokens + 1]) if chunks else torch.zeros(0)
+    n = (tokens.numel() - 1) // seq_len
+    if n == 0:
+        raise MoEError(f"{prefix}: fewer than {seq_len + 1} tokens to evaluate on")
+    seqs = torch.stack([tokens[i * seq_len : (i + 1) * seq_len + 1] for i in range(n)])
+    return list(seqs.split(8))
