@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "launch",
     "convert",
     "sparsity",
+    "moefy",
 )
 
 
