@@ -9,21 +9,53 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from densa.kernels.reference import Thresholds, check_inputs, get_activation, threshold_vector
+from densa.kernels.reference import Thresholds, check_inputs, get_activation, neuron_mask, threshold_vector
 from densa.kernels.weights import SparseFFNWeights
+
+# Rows are gathered in chunks into one reused buffer of about this size: it stays in L2, and a large fresh
+# gathered copy would cost a write plus page faults on top of the reads the gather is meant to save.
+GATHER_CHUNK_BYTES = 1 << 20
+# Above this active fraction a gather costs more than it saves (measured on CPU, see
+# benchmarks/results/sparse_ffn_kernels.md): all rows are read densely and the mask applied, still exact.
+DENSE_ABOVE = 0.5
+
+
+def _chunk_rows(weight: torch.Tensor) -> int:
+    return max(16, GATHER_CHUNK_BYTES // (weight.shape[1] * weight.element_size()))
+
+
+def gather_matmul(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [N, dim] @ weight[idx].T -> [N, K]: an output-sparse projection reading only rows idx."""
+    rows = _chunk_rows(weight)
+    if idx.numel() <= rows:
+        return x @ weight.index_select(0, idx).T
+    out = x.new_empty(x.shape[0], idx.numel())
+    buf = weight.new_empty(rows, weight.shape[1])
+    for start in range(0, idx.numel(), rows):
+        part = idx[start : start + rows]
+        sel = torch.index_select(weight, 0, part, out=buf[: part.numel()])
+        out[:, start : start + part.numel()] = x @ sel.T
+    return out
 
 
 def gather_down(h: torch.Tensor, idx: torch.Tensor, down_t: torch.Tensor) -> torch.Tensor:
     """out[b] = sum_k h[b, k] * down_t[idx[k]]: h [N, K] over the rows idx [K] of down_t [ffn_dim, dim].
 
     One token: embedding_bag(sum, per-sample weights) streams each row once straight into the accumulator,
-    with no gathered copy. Several tokens: one gathered copy then a matmul, so each row is read once for all.
+    with no gathered copy. Several tokens: chunked gather + addmm, so each row is read once for all tokens.
     """
     if idx.numel() == 0:
         return h.new_zeros(h.shape[0], down_t.shape[1])
     if h.shape[0] == 1:
         return F.embedding_bag(idx.view(1, -1), down_t, per_sample_weights=h.view(1, -1), mode="sum")
-    return h @ down_t.index_select(0, idx)
+    rows = _chunk_rows(down_t)
+    out = h.new_zeros(h.shape[0], down_t.shape[1])
+    buf = down_t.new_empty(rows, down_t.shape[1])
+    for start in range(0, idx.numel(), rows):
+        part = idx[start : start + rows]
+        sel = torch.index_select(down_t, 0, part, out=buf[: part.numel()])
+        out.addmm_(h[:, start : start + part.numel()], sel)
+    return out
 
 
 def sparse_ffn_torch(
@@ -37,21 +69,27 @@ def sparse_ffn_torch(
 
     With thresholds only, the gate (plain: up) projection runs densely and its active set (union over
     tokens) decides which up/down rows are read; with `active_idx`, only those rows of every weight are read.
+    When more than DENSE_ABOVE of the neurons are needed, all rows are read and masked instead.
     """
     check_inputs(x, weights, thresholds, active_idx, activation)
     act = get_activation(activation)
     x2 = x.reshape(-1, weights.dim).to(weights.dtype)
     t = threshold_vector(thresholds, weights.ffn_dim, x.device)
-    if active_idx is None:
+    dense_limit = DENSE_ABOVE * weights.ffn_dim
+    if active_idx is None or active_idx.numel() > dense_limit:
         act_gate = act(x2 @ weights.gate.T)  # [N, ffn_dim]
-        mask = act_gate.abs() > t.to(act_gate.dtype)
-        idx = mask.any(dim=0).nonzero().squeeze(1)  # sorted: rows are visited in memory order
+        mask = neuron_mask(act_gate, thresholds, active_idx)
+        idx = mask.any(dim=0).nonzero().squeeze(1)  # union over tokens, sorted: rows in memory order
+        if idx.numel() > dense_limit:
+            h = act_gate * (x2 @ weights.up.T) if weights.gated else act_gate
+            out = h.masked_fill_(~mask, 0) @ weights.down_t
+            return out.reshape(*x.shape[:-1], weights.dim).to(x.dtype)
         act_gate, mask = act_gate[:, idx], mask[:, idx]
     else:
         idx = active_idx.long()
-        act_gate = act(x2 @ weights.gate.index_select(0, idx).T)  # [N, K]
+        act_gate = act(gather_matmul(x2, weights.gate, idx))  # [N, K]
         mask = None if t is None else act_gate.abs() > t[idx].to(act_gate.dtype)
-    h = act_gate * (x2 @ weights.up.index_select(0, idx).T) if weights.gated else act_gate
+    h = act_gate * gather_matmul(x2, weights.up, idx) if weights.gated else act_gate
     if mask is not None:  # zero the union rows a token itself does not keep
         h = h.masked_fill(~mask, 0)
     out = gather_down(h.contiguous(), idx, weights.down_t)

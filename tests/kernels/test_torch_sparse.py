@@ -6,7 +6,14 @@ import pytest
 import torch
 from kernel_cases import Case, build, gap_threshold
 
-from densa.kernels import ACTIVATIONS, SparseFFNWeights, neuron_mask, sparse_ffn, sparse_ffn_reference
+from densa.kernels import (
+    ACTIVATIONS,
+    SparseFFNWeights,
+    neuron_mask,
+    sparse_ffn,
+    sparse_ffn_reference,
+    torch_sparse,
+)
 from densa.kernels.torch_sparse import sparse_ffn_torch
 from densa.models.activations import ACTIVATION_FUNCTIONS
 from densa.models.ffn import FeedForward
@@ -17,7 +24,15 @@ CASES = [
     for gated in (True, False)
     for act in ("relu", "relu2", "silu", "gelu")
     for batch in (1, 4)
-    for mode, s in (("thr", 0.0), ("thr", 0.5), ("thr", 0.95), ("thr", 1.0), ("idx", 0.8), ("idx", 1.0))
+    for mode, s in (
+        ("thr", 0.0),
+        ("thr", 0.5),
+        ("thr", 0.95),
+        ("thr", 1.0),
+        ("idx", 0.2),
+        ("idx", 0.8),
+        ("idx", 1.0),
+    )
 ] + [Case(True, "relu", 4, "both", 0.5), Case(False, "gelu_tanh", 2, "thr_vec", 0.5)]
 
 
@@ -28,6 +43,14 @@ def test_torch_sparse_matches_reference(case: Case) -> None:
     out = sparse_ffn_torch(x, weights, **kwargs)
     assert out.shape == ref.shape and out.dtype == ref.dtype
     assert (out - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_chunked_gathers_match_reference(monkeypatch: pytest.MonkeyPatch, batch: int) -> None:
+    monkeypatch.setattr(torch_sparse, "GATHER_CHUNK_BYTES", 16 * 64 * 4)  # 16-row chunks: the loop runs
+    x, weights, kwargs = build(Case(True, "silu", batch, "idx", 0.7))
+    out = sparse_ffn_torch(x, weights, **kwargs)
+    assert (out - sparse_ffn_reference(x, weights, **kwargs)).abs().max() <= 1e-5
 
 
 def test_dispatcher_uses_torch_path_on_cpu_and_keeps_leading_shape() -> None:
