@@ -13,18 +13,20 @@ Decisions worth knowing:
   state travels in densa's train state so resume restores it exactly.
 - Non-finite loss: that micro-batch's loss is multiplied by NaN before backward, so every rank's
   gradients go non-finite together. ZeRO ≥ 1 then skips the update through DeepSpeed's own overflow check
-  (bf16 needs `bf16.check_grad_overflow`, set here); ZeRO-0 hands the torch optimizer no gradients.
+  (bf16 needs `bf16.check_grad_overflow`, set here); under ZeRO-0 the torch optimizer's step is
+  suppressed for that one DeepSpeed step.
 - Checkpoints use DeepSpeed's save_checkpoint/load_checkpoint (per-rank ZeRO partitions handled for us);
   `densa.train.checkpoint` makes them atomic and adds densa's own state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -76,6 +78,16 @@ def init_distributed(timeout_s: float = 600.0) -> World:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def shutdown_distributed() -> None:
+    """Tear down TP groups and the process group, and DeepSpeed's references to them (re-init is possible)."""
+    if not dist.is_initialized():
+        return
+    from densa.models.parallel import destroy_tensor_parallel
+
+    destroy_tensor_parallel()
+    deepspeed.comm.destroy_process_group()
 
 
 def no_decay(name: str, param: nn.Parameter) -> bool:
@@ -195,12 +207,13 @@ class Engine:
         nonfinite = stats[1].item() > 0
         lr = self.lr
         grad_norm = None
-        if self.zero_stage == 0:
-            if nonfinite:
-                self.ds.zero_grad()  # no grads -> torch AdamW leaves params and state untouched
-            else:
-                grad_norm = self._grad_norm()
-        self.ds.step()
+        if self.zero_stage == 0 and not nonfinite:
+            grad_norm = self._grad_norm()
+        if self.zero_stage == 0 and nonfinite:
+            with _optimizer_step_skipped(self.torch_optimizer, self.module):
+                self.ds.step()  # keeps DeepSpeed's micro-step and boundary counters in sync
+        else:
+            self.ds.step()
         applied = self.ds.was_step_applied() and not nonfinite
         if self.zero_stage > 0:
             if nonfinite and self.ds.was_step_applied():
@@ -275,6 +288,25 @@ class Engine:
 
             state = gather_state_dict(state, module.config)
         return state
+
+
+@contextlib.contextmanager
+def _optimizer_step_skipped(optimizer: torch.optim.Optimizer, module: nn.Module) -> Iterator[None]:
+    """ZeRO-0 has no overflow skip of its own: zero the poisoned grads (DeepSpeed's clipping still runs
+    over them) and make the torch optimizer's step a no-op for one DeepSpeed step."""
+    for p in module.parameters():
+        if p.grad is not None:
+            p.grad.zero_()
+    had_own = "step" in vars(optimizer)  # LR schedulers patch `step` on the instance
+    own = vars(optimizer).get("step")
+    optimizer.step = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        if had_own:
+            optimizer.step = own
+        else:
+            del optimizer.step
 
 
 # ---------------------------------------------------------------------------------------- process-wide
