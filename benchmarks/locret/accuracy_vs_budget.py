@@ -6,7 +6,8 @@
 3. For each budget and policy: chunked prefill of the context (query-agnostic), the query segment as the
    tail, teacher-forced value accuracy; also peak KV tokens and the share of needle tokens retained.
 
-Writes benchmarks/results/locret_accuracy_vs_budget.{json,md}. `--quick` is a smoke run (about a minute on 2 cores; its numbers mean nothing).
+Writes benchmarks/results/locret_accuracy_vs_budget.{json,md}.
+`--quick` is a smoke run (about a minute on 2 cores; its numbers mean nothing).
 """
 
 from __future__ import annotations
