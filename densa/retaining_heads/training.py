@@ -3,7 +3,8 @@ loop for tests and benchmarks, and a callback for `densa.train`.
 
 One full forward gives both the targets (CIS labels from the captured post-RoPE Q/K, no grad) and the
 predictions (the heads' scores, with grad). Batches are dicts with `input_ids` [B, T], `answer_mask`
-[B, T] (bool) and optionally `context_mask` [B, T] (default: tokens before the first answer token).
+[B, T] (bool; an SFT batch's `loss_mask` serves too) and optionally `context_mask` [B, T] (default:
+tokens before the first answer token).
 """
 
 from __future__ import annotations
@@ -66,11 +67,13 @@ def heads_loss(
     `model` may be a DeepSpeed engine: it is called for the forward so ZeRO gathers parameters.
     The last batch's statistics are left in `heads.last_stats` for `RetainingHeadsCallback`.
     """
-    if "answer_mask" not in batch:
-        raise DensaError("retaining-head batches need an `answer_mask` [B, T] marking answer tokens")
+    # An SFT batch's loss_mask marks the positions that predict the response: Locret's answer queries.
+    answer = batch.get("answer_mask", batch.get("loss_mask"))
+    if answer is None:
+        raise DensaError("retaining-head batches need an `answer_mask` (or SFT `loss_mask`) [B, T]")
     backbone = _unwrap(model)
     heads = get_heads(backbone)
-    answer = batch["answer_mask"].bool()
+    answer = answer.bool()
     context = batch.get("context_mask")
     context = default_context_mask(answer) if context is None else context.bool()
     heads.clear()
