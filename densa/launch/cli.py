@@ -15,6 +15,7 @@ from densa.errors import DensaError
 
 # Modules under densa.launch.commands, in the order they appear in `densa --help`.
 COMMAND_MODULES = (
+    "quickstart",
     "data",
     "check",
     "launch",

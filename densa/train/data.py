@@ -71,7 +71,7 @@ def build_dataset(cfg: RunConfig, sources, num_samples: int, seed: int, tokenize
         num_samples,
         weights=[s.weight for s in sources],
         seed=seed,
-        tokenizer_fingerprint=tokenizer.fingerprint() if tokenizer is not None else None,
+        tokenizer_fingerprint=tokenizer.fingerprint if tokenizer is not None else None,
         vocab_size=cfg.model.vocab_size,
     )
 

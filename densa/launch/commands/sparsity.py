@@ -10,7 +10,9 @@ def register(subparsers) -> None:
     sp = subparsers.add_parser("sparsity", help="activation-sparsity metrics (CETT, PPL-p%%)")
     sub = sp.add_subparsers(dest="sparsity_command", metavar="SUBCOMMAND")
     sp.set_defaults(handler=lambda args: (sp.print_help(), 2)[1])
-    m = sub.add_parser("measure", help="PPL-p%% sparsity: per-layer CETT thresholds so perplexity rises by p%%")
+    m = sub.add_parser(
+        "measure", help="PPL-p%% sparsity: per-layer CETT thresholds so perplexity rises by p%%"
+    )
     m.add_argument("--model", required=True, help="densa model folder or HF model folder")
     m.add_argument(
         "--data", required=True, help=".bin/.idx prefix (densa data preprocess) or a UTF-8 text file"
