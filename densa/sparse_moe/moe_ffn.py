@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from densa.sparse_moe.errors import MoEError, check_experts, check_top_k
-from densa.sparse_moe.grouped import grouped_cols, grouped_rows
+from densa.sparse_moe.grouped import combine, dispatch, grouped_cols, grouped_rows
 
 
 class MoEFeedForward(nn.Module):
@@ -85,29 +85,28 @@ class MoEFeedForward(nn.Module):
         logits = self.router(flat if self.router_input_grad else flat.detach())
         top, experts = logits.topk(self.top_k, dim=-1)
         p = torch.softmax(top.float(), dim=-1).to(x.dtype)
-        weight = (p - p.detach()) + 1.0  # exactly 1 forward (p - p is exactly 0); d weight / d p = 1
-        out = self.experts_forward(flat, experts, weight)
+        out = self.experts_forward(flat, experts, p)
         return out.reshape(shape)
 
-    def experts_forward(self, x: torch.Tensor, experts: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Σ_j weight[n, j] · expert_{experts[n, j]}(x[n]) for x [N, dim], experts/weight [N, k]."""
-        n, k = experts.shape
+    def experts_forward(self, x: torch.Tensor, experts: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Σ_j w[n, j] · expert_{experts[n, j]}(x[n]), w = 1 + p − stopgrad(p); experts and p are [N, k]."""
+        k = experts.shape[1]
         flat = experts.reshape(-1)
-        order = torch.sort(flat, stable=True).indices
-        token = order // k
+        order = torch.sort(flat, stable=True).indices  # slot ids (token·k + j) grouped by expert
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
         counts_t = torch.bincount(flat, minlength=self.num_experts)
         with torch.no_grad():
             self.expert_load += counts_t.to(self.expert_load.dtype)
-        counts = counts_t.tolist()  # one host sync per layer: the loop below needs the group sizes
-        xs = x.index_select(0, token)
+        counts = counts_t.tolist()  # one host sync per layer: the loop over experts needs the group sizes
+        xs = dispatch(x, order, inverse, k)
         if self.gated:
             gate, up = grouped_rows(xs, self.gate_up_proj.weight, counts, groups=2).unbind(0)
             hidden = self.act_fn(gate) * up
         else:
             hidden = self.act_fn(grouped_rows(xs, self.up_proj.weight, counts, groups=1)[0])
         out = grouped_cols(hidden, self.down_proj.weight, counts)
-        out = out * weight.reshape(-1)[order].unsqueeze(1)
-        return torch.zeros_like(x).index_add(0, token, out)
+        return combine(out, p, order, inverse, k)
 
     def extra_repr(self) -> str:
         return f"experts={self.num_experts}, expert_size={self.expert_size}, top_k={self.top_k}"
