@@ -135,13 +135,16 @@ class SSDCallback(Callback):
             self._pending = None
 
     def on_train_start(self, trainer: Any) -> None:
+        if not self.config.enabled:
+            return
         if self.total_steps is None:
             self.total_steps = int(trainer.cfg.train.steps)
         if self.model is None:
             self.bind(*_unwrap(trainer))
 
     def on_checkpoint_load(self, trainer: Any, step: int, path: Any) -> None:
-        self.bind(*_unwrap(trainer))
+        if self.config.enabled:
+            self.bind(*_unwrap(trainer))
 
     # ---------------------------------------------------------------------------------- schedule
 
