@@ -25,12 +25,17 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from densa.errors import CheckpointError
-from densa.train import engine as eng
+
+if TYPE_CHECKING:
+    from densa.train.engine import Engine
+
+# densa.train.engine (deepspeed) is imported inside the functions that need it, so reading checkpoints
+# (`densa eval`, `densa generate`, init.from_path) stays light and keeps DeepSpeed's log lines out of stdout.
 
 MARKER = "COMPLETE"
 STATE_FILE = "train_state.json"
@@ -121,7 +126,28 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def topology(engine: eng.Engine) -> dict[str, int]:
+def checkpoint_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """fp32 tp = 1 model weights of a complete checkpoint, without building an engine.
+
+    ZeRO-0/1/2 keep the whole module in deepspeed/mp_rank_00_model_states.pt (read without importing
+    deepspeed); ZeRO-3 partitions it, so DeepSpeed's zero_to_fp32 reassembles the fp32 master weights.
+    Tensor-parallel checkpoints (one mp_rank file per TP rank) are not joined here.
+    """
+    ds_dir = Path(folder) / "deepspeed"
+    shards = sorted(ds_dir.glob("mp_rank_*_model_states.pt"))
+    if len(shards) > 1:
+        raise CheckpointError(f"{folder}: a tensor-parallel checkpoint; export it with export.hf_dir instead")
+    if shards:
+        module = torch.load(shards[0], map_location="cpu", weights_only=False)["module"]
+        return {k: v.float() for k, v in module.items()}
+    if list(ds_dir.glob("zero_pp_rank_*_model_states.pt")):
+        from densa.train.engine import zero3_checkpoint_weights
+
+        return zero3_checkpoint_weights(folder)
+    raise CheckpointError(f"{folder}: no DeepSpeed model states under deepspeed/")
+
+
+def topology(engine: Engine) -> dict[str, int]:
     return {
         "world_size": engine.world.world_size,
         "dp": engine.dp_size,
@@ -133,7 +159,7 @@ def topology(engine: eng.Engine) -> dict[str, int]:
 class CheckpointManager:
     """Saves and loads checkpoints of one run; every method is collective over all ranks."""
 
-    def __init__(self, run_dir: str | os.PathLike, keep_last: int, engine: eng.Engine) -> None:
+    def __init__(self, run_dir: str | os.PathLike, keep_last: int, engine: Engine) -> None:
         self.root = checkpoints_dir(run_dir)
         self.keep_last, self.engine = keep_last, engine
         self.rank = engine.world.rank
@@ -146,6 +172,8 @@ class CheckpointManager:
         before_commit: Callable[[Path], None] | None = None,
     ) -> Path:
         """Write step_N atomically. `before_commit(tmp)` runs on every rank once all files are written."""
+        from densa.train import engine as eng
+
         final = self.root / f"step_{state.step}"
         tmp = self.root / f"step_{state.step}.tmp"
         if self.rank == 0:
@@ -185,6 +213,8 @@ class CheckpointManager:
 
     def load(self, path: Path) -> tuple[TrainState, dict[str, Any]]:
         """Restore engine, scheduler and this rank's RNG; returns the train state and callback state."""
+        from densa.train import engine as eng
+
         record = json.loads((path / STATE_FILE).read_text())
         saved, now = record["topology"], topology(self.engine)
         mismatch = {k: (saved[k], now[k]) for k in ("tp", "zero_stage") if saved[k] != now[k]}

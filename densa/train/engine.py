@@ -379,21 +379,8 @@ def peak_flops() -> float:
     return torch.get_num_threads() * CPU_FLOPS_PER_CORE
 
 
-def checkpoint_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """fp32 tp = 1 model weights of a densa training checkpoint, without building an engine.
+def zero3_checkpoint_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """fp32 weights of a ZeRO-3 checkpoint (partitioned per rank), reassembled by DeepSpeed's zero_to_fp32."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    ZeRO-0/1/2 store the whole module in mp_rank_00_model_states.pt; ZeRO-3 partitions it, so DeepSpeed's
-    zero_to_fp32 reassembles the fp32 master weights. Tensor-parallel checkpoints are not joined here.
-    """
-    ds_dir = Path(folder) / DS_TAG
-    shards = sorted(ds_dir.glob("mp_rank_*_model_states.pt"))
-    if len(shards) > 1:
-        raise CheckpointError(f"{folder}: a tensor-parallel checkpoint; export it with export.hf_dir instead")
-    if shards:
-        module = torch.load(shards[0], map_location="cpu", weights_only=False)["module"]
-        return {k: v.float() for k, v in module.items()}
-    if list(ds_dir.glob("zero_pp_rank_*_model_states.pt")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=DS_TAG))
-    raise CheckpointError(f"{folder}: no DeepSpeed model states under {DS_TAG}/")
+    return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=DS_TAG))

@@ -25,7 +25,7 @@ def load_weights(path: str | os.PathLike) -> tuple[ModelConfig | None, dict[str,
     """(model config if recorded, tp = 1 densa state dict) of an HF/densa folder or a checkpoint."""
     from densa.models.checkpoint_io import is_densa_checkpoint, load_model_state
     from densa.models.hf.importer import is_hf_folder, load_hf_state
-    from densa.train.checkpoint import RECIPE_FILE, is_complete, latest_checkpoint
+    from densa.train.checkpoint import RECIPE_FILE, checkpoint_weights, is_complete, latest_checkpoint
 
     folder = Path(path)
     if not folder.is_dir():
@@ -38,7 +38,6 @@ def load_weights(path: str | os.PathLike) -> tuple[ModelConfig | None, dict[str,
         folder = latest_checkpoint(folder)
     if is_complete(folder):
         from densa.config.load import load_recipe
-        from densa.train.engine import checkpoint_weights
 
         cfg = load_recipe(folder / RECIPE_FILE, check=False)
         return cfg.model, checkpoint_weights(folder)
@@ -114,3 +113,32 @@ def export_hf_folder(
                 if (tok / name).is_file():
                     shutil.copy2(tok / name, out / name)
     return out
+
+
+def load_model(path: str | os.PathLike, config: ModelConfig | None = None):
+    """A tp = 1 Transformer (fp32, eval mode) from an HF folder, densa model folder or training checkpoint."""
+    from densa.models.checkpoint_io import build_transformer
+
+    found, state = load_weights(path)
+    config = found or config
+    if config is None:
+        raise CheckpointError(f"{path}: records no model config")
+    return build_transformer(config, {k: v.float() for k, v in state.items()})
+
+
+def find_tokenizer(path: str | os.PathLike) -> str | None:
+    """The tokenizer belonging to a model: files in its folder, else the training recipe's data.tokenizer."""
+    from densa.train.checkpoint import RECIPE_FILE, is_complete, latest_checkpoint
+
+    folder = Path(path)
+    if any(
+        (folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+    ):
+        return str(folder)
+    if not is_complete(folder) and latest_checkpoint(folder) is not None:
+        folder = latest_checkpoint(folder)
+    if (folder / RECIPE_FILE).is_file():
+        from densa.config.load import load_recipe
+
+        return load_recipe(folder / RECIPE_FILE, check=False).data.tokenizer
+    return None

@@ -73,6 +73,11 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self._stop_requested = False
 
+    @property
+    def model(self):
+        """The trained module (unwrapped from DeepSpeed; TP-sharded when parallel.tp > 1)."""
+        return self.engine.module
+
     def request_stop(self) -> None:
         """After the current step: save a checkpoint and return from `fit`.
 
