@@ -22,6 +22,9 @@ COMMAND_MODULES = (
     "convert",
     "sparsity",
     "moefy",
+    "train",
+    "eval",
+    "generate",
 )
 
 
