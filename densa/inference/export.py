@@ -1,0 +1,113 @@
+"""Export a densa state dict as a self-contained HF folder: safetensors, config, generation config,
+tokenizer, model card (README.md), sparsity.json when given, and modeling code for variants HF lacks.
+
+The folder is assembled in a temporary sibling and renamed into place (nothing half-written under `out`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from densa.errors import CheckpointError
+from densa.inference.model_card import CardInputs, build_model_card
+from densa.models.checkpoint_io import atomic_dir
+from densa.models.config import ModelConfig
+from densa.models.hf import hf_flavour, save_hf
+
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise CheckpointError(f"unknown --dtype {name!r}; choose from {sorted(set(DTYPES))}") from None
+
+
+def _write_tokenizer(tokenizer: Path, out: Path) -> None:
+    if tokenizer.is_file() and tokenizer.suffix == ".model":
+        from densa.data.hf_export import export_sentencepiece_to_hf
+
+        export_sentencepiece_to_hf(tokenizer, out)
+    elif tokenizer.is_dir():
+        found = [n for n in HF_TOKENIZER_FILES if (tokenizer / n).is_file()]
+        if not found:
+            raise CheckpointError(
+                f"{tokenizer}: missing tokenizer files (looked for {', '.join(HF_TOKENIZER_FILES)})"
+            )
+        for name in found:
+            shutil.copy2(tokenizer / name, out / name)
+    else:
+        raise CheckpointError(
+            f"{tokenizer}: tokenizer not found (a SentencePiece .model file or an HF folder)"
+        )
+
+
+def _token_ids(tokenizer: Path) -> dict[str, int]:
+    from densa.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+    return {k: int(v) for k, v in ids.items() if v is not None}
+
+
+def export_model(
+    out: str | os.PathLike,
+    config: ModelConfig,
+    state: dict[str, torch.Tensor],
+    *,
+    tokenizer: str | os.PathLike | None = None,
+    dtype: torch.dtype | None = None,
+    name: str | None = None,
+    license: str = "apache-2.0",
+    recipe_text: str | None = None,
+    data: list[dict[str, Any]] | None = None,
+    metrics: dict[str, Any] | None = None,
+    sparsity_report: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the HF folder `out`; token ids for config/generation_config come from the tokenizer."""
+    tok_path = Path(tokenizer) if tokenizer is not None else None
+    if tok_path is not None:
+        if not tok_path.exists():
+            raise CheckpointError(
+                f"{tok_path}: tokenizer not found (a SentencePiece .model file or an HF folder)"
+            )
+        ids = _token_ids(tok_path)
+        extra = {k: v for k, v in config.extra.items() if k != "hf_generation_config"}
+        config = dataclasses.replace(config, extra={**extra, **ids})
+    sparsity = None
+    if sparsity_report is not None:
+        report_path = Path(sparsity_report)
+        if not report_path.is_file():
+            raise CheckpointError(f"{report_path}: sparsity report not found")
+        sparsity = json.loads(report_path.read_text(encoding="utf-8"))
+    with atomic_dir(out, overwrite) as tmp:
+        save_hf(tmp, config, state, dtype=dtype, overwrite=True)
+        if tok_path is not None:
+            _write_tokenizer(tok_path, tmp)
+        if sparsity is not None:
+            (tmp / "sparsity.json").write_text(json.dumps(sparsity, indent=2) + "\n", encoding="utf-8")
+        card = CardInputs(
+            name=name or Path(out).name,
+            config=config,
+            license=license,
+            recipe_text=recipe_text,
+            data=data or [],
+            metrics=metrics or {},
+            sparsity=sparsity,
+            remote_code=hf_flavour(config) == "densa",
+        )
+        (tmp / "README.md").write_text(build_model_card(card), encoding="utf-8")
+    return Path(out)

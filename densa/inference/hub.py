@@ -1,0 +1,95 @@
+"""Push an exported folder to the Hugging Face Hub (`HfApi().create_repo` + `upload_folder`), or describe the
+upload without doing it (dry run). Nothing here runs at import time or in tests against the real hub."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from densa.errors import DensaError
+
+
+@dataclass
+class UploadPlan:
+    repo_id: str
+    folder: Path
+    files: list[tuple[str, int]]
+    """(path relative to the folder, size in bytes), sorted."""
+    private: bool = False
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size in self.files)
+
+    def describe(self) -> str:
+        lines = [f"would upload {len(self.files)} files ({_human(self.total_bytes)}) to {self.repo_id}:"]
+        lines += [f"  {name}  {_human(size)} ({size} bytes)" for name, size in self.files]
+        return "\n".join(lines)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def plan_upload(folder: str | os.PathLike, repo_id: str, private: bool = False) -> UploadPlan:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DensaError(f"{folder}: no such folder to upload")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise DensaError(f"--push-to-hub expects a repo id like 'user/name', got {repo_id!r}")
+    files = sorted(
+        (p.relative_to(folder).as_posix(), p.stat().st_size)
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    return UploadPlan(repo_id, folder, files, private)
+
+
+def find_token() -> str | None:
+    """HF_TOKEN, else the token `huggingface-cli login` stored (read locally, no network)."""
+    token = os.environ.get("HF_TOKEN")
+    if token:
+        return token
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def push_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    dry_run: bool = False,
+    commit_message: str = "Upload model exported with densa",
+    api: Any | None = None,
+) -> UploadPlan:
+    """Create the repo (if missing) and upload every file of `folder`; with `dry_run`, only plan."""
+    plan = plan_upload(folder, repo_id, private)
+    if dry_run:
+        return plan
+    token = token or find_token()
+    if not token:
+        raise DensaError(
+            "no Hugging Face token: set HF_TOKEN or run `huggingface-cli login` (or use --dry-run)"
+        )
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True, token=token)
+    api.upload_folder(
+        repo_id=repo_id,
+        repo_type="model",
+        folder_path=str(plan.folder),
+        commit_message=commit_message,
+        token=token,
+    )
+    return plan
