@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "convert",
     "sparsity",
     "moefy",
+    "export",
     "train",
     "eval",
     "generate",

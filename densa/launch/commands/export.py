@@ -1,0 +1,103 @@
+"""`densa export RUN_DIR|CHECKPOINT --out DIR`: HF folder + tokenizer + model card; optional Hub push."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a run / checkpoint / model folder as an HF folder with tokenizer and model card",
+        description="Write safetensors, config, generation config, tokenizer (the recipe's data.tokenizer), "
+        "README.md model card (recipe, data, metrics, sparsity) and remote code for variants HF lacks.",
+    )
+    p.add_argument("source", help="run dir, RUN/checkpoints/step_N, densa model folder or HF folder")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of a run dir (default: newest)")
+    p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: as stored)")
+    p.add_argument("--tokenizer", default=None, help="default: the recipe's data.tokenizer")
+    p.add_argument("--sparsity-report", default=None, help="sparsity.json (default: one next to the source)")
+    p.add_argument("--license", default="apache-2.0", help="license in the model card's front matter")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload --out to this Hub repo")
+    p.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
+    p.set_defaults(handler=_export)
+
+
+def _resolve(source: Path, step: int | None) -> tuple[Path, Path | None]:
+    """(folder to read weights from, run dir or None)."""
+    from densa.errors import CheckpointError
+    from densa.train.checkpoint import complete_checkpoints, is_complete
+
+    if not source.is_dir():
+        raise CheckpointError(f"{source}: no such folder")
+    if (source / "checkpoints").is_dir():
+        found = dict(complete_checkpoints(source))
+        if not found:
+            raise CheckpointError(
+                f"{source / 'checkpoints'}: no complete step_N checkpoint (missing COMPLETE)"
+            )
+        if step is not None and step not in found:
+            raise CheckpointError(f"{source}: no complete checkpoint step_{step} (have {sorted(found)})")
+        return found[step if step is not None else max(found)], source
+    if step is not None:
+        raise CheckpointError(f"--step needs a run dir (with checkpoints/), got {source}")
+    if (source / "train_state.json").is_file() and not is_complete(source):
+        raise CheckpointError(f"{source}: missing COMPLETE marker (an interrupted save?)")
+    run = source.parent.parent if is_complete(source) and source.parent.name == "checkpoints" else None
+    return source, run
+
+
+def _step(folder: Path) -> int | None:
+    name = folder.name
+    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
+
+
+def _first(*paths: Path | None) -> Path | None:
+    return next((p for p in paths if p is not None and p.is_file()), None)
+
+
+def _export(args: argparse.Namespace) -> int:
+    import yaml
+
+    from densa.errors import CheckpointError
+    from densa.inference import data_rows, export_model, last_metrics, parse_dtype, push_to_hub
+    from densa.train.finetune import load_weights
+
+    if args.dry_run and not args.push_to_hub:
+        raise CheckpointError("--dry-run only applies to --push-to-hub")
+    folder, run = _resolve(Path(args.source), args.step)
+    config, state = load_weights(folder)
+    recipe_file = _first(folder / "recipe.yaml", run / "recipe.yaml" if run else None)
+    recipe_text = recipe_file.read_text(encoding="utf-8") if recipe_file else None
+    recipe = yaml.safe_load(recipe_text) if recipe_text else {}
+    if config is None:
+        raise CheckpointError(f"{folder}: records no model config")
+    tokenizer = args.tokenizer or (recipe.get("data") or {}).get("tokenizer")
+    if tokenizer is None and any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
+        tokenizer = folder
+    sparsity = args.sparsity_report or _first(
+        folder / "sparsity.json", run / "sparsity.json" if run else None
+    )
+    out = export_model(
+        args.out,
+        config,
+        state,
+        tokenizer=tokenizer,
+        dtype=parse_dtype(args.dtype),
+        name=(run or folder).name,
+        license=args.license,
+        recipe_text=recipe_text,
+        data=data_rows(recipe, base=run),
+        metrics=last_metrics(run / "metrics.jsonl", _step(folder)) if run else {},
+        sparsity_report=sparsity,
+        overwrite=args.overwrite,
+    )
+    print(f"exported {folder} -> {out}" + ("" if tokenizer else " (no tokenizer found; pass --tokenizer)"))
+    if args.push_to_hub:
+        plan = push_to_hub(out, args.push_to_hub, private=args.private, dry_run=args.dry_run)
+        print(plan.describe() if args.dry_run else f"uploaded {len(plan.files)} files to {plan.repo_id}")
+    return 0
