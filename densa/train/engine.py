@@ -109,6 +109,37 @@ def lm_loss(model: Callable[..., torch.Tensor], batch: Batch) -> torch.Tensor:
     return causal_lm_loss(model(batch["input_ids"]), batch["labels"], batch.get("loss_mask"))
 
 
+class _MegatronMPU:
+    """megatron-core's parallel_state behind the older Megatron `mpu` API that DeepSpeed calls."""
+
+    def __init__(self) -> None:
+        from megatron.core import parallel_state
+
+        self._ps = parallel_state
+
+    def get_model_parallel_world_size(self) -> int:
+        return self._ps.get_tensor_model_parallel_world_size()
+
+    def get_model_parallel_rank(self) -> int:
+        return self._ps.get_tensor_model_parallel_rank()
+
+    def get_model_parallel_group(self):
+        return self._ps.get_tensor_model_parallel_group()
+
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_group = get_model_parallel_group
+
+    def get_data_parallel_world_size(self) -> int:
+        return self._ps.get_data_parallel_world_size()
+
+    def get_data_parallel_rank(self) -> int:
+        return self._ps.get_data_parallel_rank()
+
+    def get_data_parallel_group(self):
+        return self._ps.get_data_parallel_group()
+
+
 @dataclass(frozen=True)
 class StepOutput:
     loss: float
@@ -140,11 +171,7 @@ class Engine:
         optimizer = torch.optim.AdamW(
             param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps, foreach=False
         )
-        mpu = None
-        if self.tp > 1:
-            from megatron.core import parallel_state
-
-            mpu = parallel_state
+        mpu = _MegatronMPU() if self.tp > 1 else None
         self.ds, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=ds_config, mpu=mpu
         )

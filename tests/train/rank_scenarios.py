@@ -50,6 +50,14 @@ def gold(out: Path, zero_stage: str) -> None:
         (out / "result.json").write_text(json.dumps(result))
 
 
+def tensor_parallel(out: Path, init_from: str) -> None:
+    """tp = 2 on 2 ranks (dp = 1) from the weights in `init_from`; rank 0 reports the losses."""
+    cfg = replace(replace(tiny_cfg(out, steps=4), "parallel", tp=2), "init", from_path=init_from)
+    result = train(cfg, train_data=DATA)
+    if int(os.environ["RANK"]) == 0:
+        (out / "result.json").write_text(json.dumps([h["loss"] for h in result.history]))
+
+
 class DieAt(Callback):
     def __init__(self, step: int, rank: int) -> None:
         self.step, self.rank = step, rank

@@ -1,5 +1,5 @@
 """Two gloo processes: ZeRO-1/2 resume gold test and loss trajectory vs one process at the same global
-batch; one rank dying makes the other exit instead of hanging."""
+batch; TP = 2 vs one process from the same weights; one rank dying makes the other exit, not hang."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+import torch
 from trainer_helpers import REPO, SEQ, VOCAB, launch, replace, tiny_cfg
 
 from densa.train.run import train
@@ -39,6 +40,25 @@ def test_zero_two_process_resume_and_trajectory(tmp_path, ds_world, zero_stage):
     assert "zero_pp_rank_1_mp_rank_00_optim_states.pt" in result["files"]  # partitioned optimizer state
     # ZeRO on 2 ranks follows the 1-process trajectory at the same global batch
     assert result["full"] == pytest.approx(_one_process_losses(tmp_path), rel=1e-5)
+
+
+def test_tensor_parallel_matches_one_process(tmp_path, ds_world):
+    from densa.models.checkpoint_io import save_transformer
+    from densa.models.transformer import Transformer
+
+    cfg = tiny_cfg(tmp_path / "single", steps=4)
+    torch.manual_seed(7)
+    save_transformer(tmp_path / "init", Transformer(cfg.model))
+    results = launch(
+        SCRIPT, 2, ["tensor_parallel", str(tmp_path / "tp"), str(tmp_path / "init")], timeout=300
+    )
+    for r in results:
+        assert r.returncode == 0, r.stderr[-4000:]
+    tp_losses = json.loads((tmp_path / "tp" / "result.json").read_text())
+    single = train(
+        replace(cfg, "init", from_path=str(tmp_path / "init")), train_data=SyntheticDataset(VOCAB, SEQ)
+    )
+    assert tp_losses == pytest.approx([h["loss"] for h in single.history], rel=1e-5)
 
 
 def test_dead_rank_does_not_hang_the_others(tmp_path):
