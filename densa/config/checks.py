@@ -25,6 +25,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "parallel.launcher": ("deepspeed", "torchrun"),
     "model.activation": ACTIVATIONS,
     "model.rope_scaling.type": ROPE_SCALING_TYPES,
+    # Mirrors of densa.sparse_moe's METRICS / METHODS / ROUTERS (config must not import the methods;
+    # tests/config/test_method_checks.py keeps them in sync).
+    "ssd.stability_metric": ("ari", "overlap"),
+    "ssd.method": ("kmeans", "random", "contiguous"),
+    "ssd.router": ("centroid", "mlp"),
+    "sparsity.prosparse.activation": ("relu", "fatrelu"),
 }
 
 
@@ -144,6 +150,114 @@ def _data_problems(cfg: RunConfig, training: bool) -> list[Problem]:
     return out
 
 
+def _ssd_problems(cfg: RunConfig) -> list[Problem]:
+    s, p, out = cfg.ssd, cfg.parallel, []
+    if s.num_experts < 1:
+        out.append(Problem("ssd.num_experts", f"must be > 0, got {s.num_experts}"))
+    elif cfg.model.ffn_dim % s.num_experts:
+        out.append(
+            Problem("ssd.num_experts", f"{s.num_experts} does not divide model.ffn_dim ({cfg.model.ffn_dim})")
+        )
+    if s.num_experts >= 1 and not 1 <= s.top_k <= s.num_experts:
+        out.append(Problem("ssd.top_k", f"must be in 1..ssd.num_experts ({s.num_experts}), got {s.top_k}"))
+    # The switch permutes parameters and Adam moments in place: fp32 master copies (ZeRO >= 1, bf16/fp16)
+    # would undo it, and a TP shard holds only part of each neuron's rows.
+    if p.tp != 1:
+        out.append(Problem("parallel.tp", f"ssd.enabled needs tp = 1, got {p.tp}"))
+    if p.zero_stage != 0:
+        out.append(Problem("parallel.zero_stage", f"ssd.enabled needs ZeRO stage 0, got {p.zero_stage}"))
+    if p.precision != "fp32":
+        out.append(Problem("parallel.precision", f"ssd.enabled needs fp32, got {p.precision}"))
+    for name in ("interval", "sparse_steps", "kmeans_iters"):
+        if getattr(s, name) < 0:
+            out.append(Problem(f"ssd.{name}", f"must be >= 0, got {getattr(s, name)}"))
+    if not 0.0 <= s.final_dense_fraction <= 1.0:
+        out.append(Problem("ssd.final_dense_fraction", f"must be in [0, 1], got {s.final_dense_fraction}"))
+    if s.router_lr < 0:
+        out.append(Problem("ssd.router_lr", f"must be >= 0, got {s.router_lr}"))
+    for i, step in enumerate(s.switch_steps):
+        if not 1 <= step <= cfg.train.steps:
+            out.append(
+                Problem(f"ssd.switch_steps.{i}", f"{step} is outside 1..train.steps ({cfg.train.steps})")
+            )
+    if s.interval == 0 and not s.switch_steps:
+        out.append(
+            Problem("ssd.interval", "is 0 and ssd.switch_steps is empty: the model would never switch")
+        )
+    return out
+
+
+def _sparsity_problems(cfg: RunConfig) -> list[Problem]:
+    s, ps, out = cfg.sparsity, cfg.sparsity.prosparse, []
+    if s.track_cett is not None:
+        if not 0.0 <= s.track_cett <= 1.0:
+            out.append(Problem("sparsity.track_cett", f"must be in [0, 1], got {s.track_cett}"))
+        if s.track_threshold != 0:
+            out.append(
+                Problem("sparsity.track_threshold", "give either track_threshold or track_cett, not both")
+            )
+    if s.track_interval > 0 and cfg.parallel.tp != 1:  # neuron norms need the whole W_down
+        out.append(
+            Problem("sparsity.track_interval", f"tracking needs parallel.tp = 1, got {cfg.parallel.tp}")
+        )
+    if not ps.enabled:
+        return out
+    if cfg.parallel.tp != 1:
+        out.append(Problem("sparsity.prosparse.enabled", f"needs parallel.tp = 1, got {cfg.parallel.tp}"))
+    if cfg.parallel.precision == "fp16" and ps.l1_stages:  # the injected L1 gradient would skip loss scaling
+        out.append(
+            Problem("sparsity.prosparse.l1_stages", "the L1 gradient is not loss-scaled: use bf16 or fp32")
+        )
+    if ps.fatrelu_threshold < 0:
+        out.append(
+            Problem("sparsity.prosparse.fatrelu_threshold", f"must be >= 0, got {ps.fatrelu_threshold}")
+        )
+    elif ps.fatrelu_threshold and ps.activation != "fatrelu":
+        out.append(
+            Problem(
+                "sparsity.prosparse.fatrelu_threshold",
+                f"only used with activation: fatrelu (is {ps.activation})",
+            )
+        )
+    prev = 0
+    for i, (end, lam) in enumerate(ps.l1_stages):
+        if end <= prev:
+            out.append(Problem(f"sparsity.prosparse.l1_stages.{i}", f"end step {end} must exceed {prev}"))
+        if lam < 0:
+            out.append(Problem(f"sparsity.prosparse.l1_stages.{i}", f"lambda must be >= 0, got {lam}"))
+        prev = max(prev, end)
+    if cfg.ssd.enabled:  # sparse (MoE) mode bypasses hook_act: the L1 and the ReLU swap would not apply
+        out.append(Problem("sparsity.prosparse.enabled", "cannot be combined with ssd.enabled"))
+    return out
+
+
+def _heads_problems(cfg: RunConfig, training: bool) -> list[Problem]:
+    out = []
+    if not cfg.init.from_path:
+        out.append(Problem("init.from_path", "retaining_heads.enabled needs a trained backbone to load"))
+    if cfg.parallel.tp != 1:
+        out.append(Problem("parallel.tp", f"retaining_heads.enabled needs tp = 1, got {cfg.parallel.tp}"))
+    if training and cfg.data.format != "sft":  # heads_loss takes the answer positions from loss_mask
+        out.append(
+            Problem("data.format", "retaining_heads.enabled needs sft data (loss_mask marks the answer)")
+        )
+    if cfg.export.hf_dir:  # the backbone does not change; the heads go to retaining_heads.out_file
+        out.append(
+            Problem("export.hf_dir", "a retaining-head run writes retaining_heads.out_file, not an HF folder")
+        )
+    if not cfg.retaining_heads.out_file:
+        out.append(Problem("retaining_heads.out_file", "is empty"))
+    for other, on in (
+        ("ssd.enabled", cfg.ssd.enabled),
+        ("sparsity.prosparse.enabled", cfg.sparsity.prosparse.enabled),
+    ):
+        if on:  # both train the backbone, which a retaining-head run freezes
+            out.append(
+                Problem(other, "cannot be combined with retaining_heads.enabled (the backbone is frozen)")
+            )
+    return out
+
+
 # (dotted path, minimum, inclusive) for the numbers that must be positive or non-negative.
 _BOUNDS = (
     ("data.seq_len", 1),
@@ -160,6 +274,10 @@ _BOUNDS = (
     ("optim.weight_decay", 0),
     ("optim.grad_clip", 0),
     ("run.seed", 0),
+    ("sparsity.track_interval", 0),
+    ("sparsity.track_threshold", 0),
+    ("retaining_heads.hidden", 1),
+    ("retaining_heads.smoothness_alpha", 0),
 )
 
 
@@ -211,6 +329,11 @@ def cross_section_problems(
     out += _schedule_problems(cfg)
     out += _data_problems(cfg, training)
     out += _batch_problems(cfg, world_size)
+    if cfg.ssd.enabled:
+        out += _ssd_problems(cfg)
+    out += _sparsity_problems(cfg)
+    if cfg.retaining_heads.enabled:
+        out += _heads_problems(cfg, training)
     if not out:  # the generated DeepSpeed config is only meaningful for an otherwise valid recipe
         from densa.config.deepspeed_config import deepspeed_problems
 

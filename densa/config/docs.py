@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from densa.config.load import _hints, _type_name
-from densa.config.schema import DatasetSource, RunConfig
+from densa.config.schema import DatasetSource, ProSparseSection, RunConfig
 from densa.models.config import RopeScaling
 
 HEADER = """# Recipe reference
@@ -84,6 +84,7 @@ def render() -> str:
     subsections = {
         "model": [("model.rope_scaling", RopeScaling)],
         "data": [("data.train[] / data.valid[]", DatasetSource)],
+        "sparsity": [("sparsity.prosparse", ProSparseSection)],
     }
     for f in dataclasses.fields(RunConfig):
         section = _hints(RunConfig)[f.name]

@@ -154,6 +154,84 @@ class ExportSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SSDSection:
+    """Switchable sparse-dense learning (densa.sparse_moe.ssd, docs/ssd.md): tp = 1, ZeRO-0, fp32 only."""
+
+    enabled: bool = False
+    """Run the SSD callback: re-cluster FFN neurons into experts and switch between dense and MoE training."""
+    num_experts: int = 16
+    """Experts per FFN layer; must divide model.ffn_dim."""
+    top_k: int = 4
+    """Experts each token uses in sparse mode (1 ≤ top_k ≤ num_experts)."""
+    interval: int = 100
+    """Steps between re-clusterings (and stability checks) in dense mode; 0: only at switch_steps."""
+    stability_metric: str = "ari"
+    """Clustering stability between consecutive re-clusterings: ari (adjusted Rand index) or overlap."""
+    stability_threshold: float = 0.9
+    """Switch to sparse once the mean stability over layers reaches this value."""
+    switch_steps: tuple[int, ...] = ()
+    """Completed-step counts at which the mode toggles regardless of stability."""
+    sparse_steps: int = 500
+    """Length of each sparse phase; 0: until the next switch step or the final dense phase."""
+    final_dense_fraction: float = 0.2
+    """The last fraction of train.steps is always dense (in [0, 1])."""
+    method: str = "kmeans"
+    """Neuron clustering: kmeans (balanced, warm-started), random or contiguous."""
+    router: str = "centroid"
+    """Router of the sparse phases: centroid (SSD) or mlp (MoEfication)."""
+    router_lr: float = 1e-3
+    """Adam LR of the routers in sparse mode (0: routers stay at their centroid initialisation)."""
+    kmeans_iters: int = 50
+    """Balanced k-means iterations per re-clustering."""
+    seed: int = 0
+    """Seed of the clustering."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProSparseSection:
+    """ProSparse finetuning (docs/sparsity.md): ReLU swap, progressive L1, optional FATReLU; tp = 1."""
+
+    enabled: bool = False
+    """Swap the FFN activation of the loaded model to ReLU (weights kept) and train with the L1 schedule."""
+    activation: str = "relu"
+    """relu, or fatrelu (ReLU that also zeroes pre-activations ≤ fatrelu_threshold during training)."""
+    fatrelu_threshold: float = 0.0
+    """FATReLU threshold T ≥ 0 (activation: fatrelu only); a runtime setting, not stored in checkpoints."""
+    l1_stages: tuple[tuple[int, float], ...] = ()
+    """Progressive L1 as [[end_step, lambda], ...]: λ rises on a quarter sine to each stage's lambda by its
+    end step (ends increasing), then stays; empty: no L1."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparsitySection:
+    """Live activation-sparsity tracking and ProSparse (densa.sparsity.callback)."""
+
+    track_interval: int = 0
+    """Log `sparsity/activation_ratio` (mean and per layer) every this many steps; 0: off."""
+    track_threshold: float = 0.0
+    """A neuron is active when |a_i|·‖W_down[:, i]‖ exceeds this (0: non-zero activations)."""
+    track_cett: float | None = None
+    """Instead of track_threshold: the layer threshold whose CETT is this value (in [0, 1])."""
+    prosparse: ProSparseSection = field(default_factory=ProSparseSection)
+    """ProSparse finetuning (see below)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetainingHeadsSection:
+    """Locret retaining-head training (docs/locret.md): the backbone from init.from_path stays frozen,
+    heads are attached before the engine is built and trained with the CIS loss on SFT batches."""
+
+    enabled: bool = False
+    """Make this a retaining-head run (needs init.from_path, tp = 1, data.format sft)."""
+    hidden: int = 1024
+    """Hidden units of each layer's head MLP."""
+    smoothness_alpha: float = 0.0025
+    """Weight of the adjacent-token smoothness term of the loss."""
+    out_file: str = "retaining_heads.safetensors"
+    """Heads file written at the end of training, relative to run.out_dir."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """A whole recipe."""
 
@@ -170,5 +248,8 @@ class RunConfig:
     logging: LoggingSection = field(default_factory=LoggingSection)
     eval: EvalSection = field(default_factory=EvalSection)
     export: ExportSection = field(default_factory=ExportSection)
+    ssd: SSDSection = field(default_factory=SSDSection)
+    sparsity: SparsitySection = field(default_factory=SparsitySection)
+    retaining_heads: RetainingHeadsSection = field(default_factory=RetainingHeadsSection)
     deepspeed: dict[str, Any] = field(default_factory=dict)
     """Extra DeepSpeed config keys; may add to, never contradict, the generated config."""

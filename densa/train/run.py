@@ -27,13 +27,15 @@ from densa.train.data import BatchSource, load_run_tokenizer, train_source, vali
 from densa.train.failures import preflight
 from densa.train.finetune import export_hf_folder, freeze, init_from
 from densa.train.loop import Trainer, TrainResult
+from densa.train.methods import method_callbacks, method_loss, prepare_model, trained_model_config
 
 DIST_TIMEOUT_ENV = "DENSA_DIST_TIMEOUT_S"  # bound on every collective (gloo/nccl timeout)
 DEFAULT_DIST_TIMEOUT_S = 600.0
 
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:
-    """The recipe's decoder (TP-sharded when parallel.tp > 1), initialised or loaded, frozen by glob."""
+    """The recipe's decoder (TP-sharded when parallel.tp > 1), initialised or loaded, frozen by glob, then
+    prepared for the recipe's methods (ReLU swap, retaining heads) before any optimizer sees it."""
     from densa.models.transformer import Transformer
 
     tp_rank = 0
@@ -49,7 +51,7 @@ def build_model(cfg: RunConfig) -> torch.nn.Module:
         init_from(model, cfg.init.from_path, tp_rank)
     freeze(model, cfg.init.freeze)
     model.gradient_checkpointing = cfg.parallel.activation_checkpointing
-    return model
+    return prepare_model(cfg, model)
 
 
 def build_trainer(
@@ -58,9 +60,12 @@ def build_trainer(
     callbacks: Iterable[Callback] = (),
     train_data: BatchSource | Any | None = None,
     valid_data: Callable[[], list[dict]] | None = None,
-    loss_fn: eng.LossFn = eng.lm_loss,
+    loss_fn: eng.LossFn | None = None,
 ) -> Trainer:
     """World + model + engine + data + trainer.
+
+    The recipe's method callbacks (SSD, sparsity, retaining heads) run before `callbacks`, so those see
+    the methods' metrics; `loss_fn` defaults to the method's loss (retaining heads) or the LM loss.
 
     `train_data` bypasses `densa.data`: a `BatchSource`, or a map-style dataset of sample dicts that is
     sharded over DP ranks like the recipe's data would be. `valid_data` returns this rank's eval batches.
@@ -94,8 +99,8 @@ def build_trainer(
         engine,
         train_data,
         valid_data=valid_data,
-        callbacks=callbacks,
-        loss_fn=loss_fn,
+        callbacks=[*method_callbacks(cfg, b.grad_accum), *callbacks],
+        loss_fn=loss_fn or method_loss(cfg) or eng.lm_loss,
         recipe_yaml=recipe_yaml,
         num_params=cfg.model.num_params(),
     )
@@ -114,7 +119,7 @@ def export_final(trainer: Trainer) -> Path | None:
         return None
     state = trainer.engine.full_state_dict()
     if trainer.is_main:
-        export_hf_folder(cfg.export.hf_dir, cfg.model, state, cfg.data.tokenizer)
+        export_hf_folder(cfg.export.hf_dir, trained_model_config(cfg), state, cfg.data.tokenizer)
     eng.barrier()
     return Path(cfg.export.hf_dir)
 
