@@ -38,9 +38,11 @@ def load_weights(path: str | os.PathLike) -> tuple[ModelConfig | None, dict[str,
         folder = latest_checkpoint(folder)
     if is_complete(folder):
         from densa.config.load import load_recipe
+        from densa.train.methods import trained_model_config
 
         cfg = load_recipe(folder / RECIPE_FILE, check=False)
-        return cfg.model, checkpoint_weights(folder)
+        # The architecture trained, not the one loaded: ProSparse swaps the activation to ReLU.
+        return trained_model_config(cfg), checkpoint_weights(folder)
     raise CheckpointError(
         f"{folder}: not an HF folder (config.json with model_type), a densa model folder or a complete"
         " densa training checkpoint (step_N with a COMPLETE marker)"
