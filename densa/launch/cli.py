@@ -17,15 +17,15 @@ from densa.errors import DensaError
 COMMAND_MODULES = (
     "quickstart",
     "data",
+    "train",
     "check",
     "launch",
-    "convert",
-    "sparsity",
-    "moefy",
-    "export",
-    "train",
     "eval",
     "generate",
+    "convert",
+    "export",
+    "sparsity",
+    "moefy",
 )
 
 
