@@ -125,6 +125,20 @@ export: {{hf_dir: {tmp_path / "hf"}}}
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("the quick")
 
+    # KV policies: `full` decodes exactly like plain greedy; an evicting policy stays within budget + chunk.
+    prompt = " ".join(WORDS * 2)
+    common = ["generate", "--model", str(tmp_path / "hf"), "--prompt", prompt, "--max-new-tokens", "6"]
+    greedy = _densa(*common, "--temperature", "0")
+    full = _densa(*common, "--kv-policy", "full", "--chunk", "8", "--temperature", "0")
+    assert greedy.returncode == 0 and full.returncode == 0, greedy.stderr[-2000:] + full.stderr[-2000:]
+    assert full.stdout == greedy.stdout
+    window = _densa(*common, "--kv-policy", "streaming_llm", "--budget", "12", "--chunk", "4")
+    assert window.returncode == 0, window.stderr[-2000:]
+    peak = int(window.stderr.split("peak ")[1].split()[0])
+    assert 0 < peak <= 12 + 4 and "greedily" in window.stderr
+    no_heads = _densa(*common, "--kv-policy", "locret", "--budget", "12", "--chunk", "4")
+    assert no_heads.returncode == 1 and "locret" in no_heads.stderr and "Traceback" not in no_heads.stderr
+
 
 def test_cli_errors_are_one_line(tmp_path):
     bad = _densa("eval", "--checkpoint", str(tmp_path / "missing"), "--data", str(tmp_path / "x"))

@@ -13,6 +13,18 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", default=None, help="default: the model's own")
     p.add_argument("--no-bos", dest="bos", action="store_false", help="do not prepend BOS to the prompt")
+    kv = p.add_argument_group("KV-cache policy (chunked prefill under a budget; greedy decoding)")
+    kv.add_argument("--kv-policy", default=None, help="full, streaming_llm, h2o, snapkv, random or locret")
+    kv.add_argument("--budget", type=int, default=None, help="KV entries kept per layer and head")
+    kv.add_argument("--chunk", type=int, default=256, help="prefill chunk length (default: %(default)s)")
+    kv.add_argument("--heads", default=None, help="locret: retaining-heads file (save_heads output)")
+    kv.add_argument(
+        "--kv-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="policy option, e.g. n_stabilizers=8",
+    )
     p.set_defaults(handler=_handler)
 
 
@@ -36,6 +48,10 @@ def _handler(args) -> int:
         ids = [tok.bos_id, *ids]
     if not ids:
         raise DensaError("the prompt encodes to no tokens")
+    if args.kv_policy is not None:
+        new = _generate_with_policy(model, ids, args, tok.eos_id)
+        print(tok.decode(_strip_bos(ids, tok, args) + new))
+        return 0
     generator = torch.Generator().manual_seed(args.seed)
     out = generate(
         model,
@@ -49,6 +65,47 @@ def _handler(args) -> int:
     new = out[0, len(ids) :].tolist()
     if tok.eos_id is not None and tok.eos_id in new:
         new = new[: new.index(tok.eos_id)]
-    prompt = ids[1:] if args.bos and tok.bos_id is not None and ids[0] == tok.bos_id else ids
-    print(tok.decode(prompt + new))
+    print(tok.decode(_strip_bos(ids, tok, args) + new))
     return 0
+
+
+def _strip_bos(ids: list[int], tok, args) -> list[int]:
+    return ids[1:] if args.bos and tok.bos_id is not None and ids[0] == tok.bos_id else ids
+
+
+def _generate_with_policy(model, ids: list[int], args, eos_id: int | None) -> list[int]:
+    """Chunked prefill with `--kv-policy` keeping at most `--budget` entries, then greedy decoding."""
+    import sys
+
+    import torch
+    import yaml
+
+    from densa.errors import DensaError
+    from densa.longctx import build_policy, generate_with_policy
+
+    options = {}
+    for item in args.kv_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise DensaError(f"--kv-option {item!r}: expected KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    if args.heads is not None:
+        options["heads"] = args.heads
+    if args.temperature > 0:
+        print(
+            "densa generate: KV-policy generation decodes greedily; --temperature is ignored", file=sys.stderr
+        )
+    policy = build_policy(args.kv_policy, **options)
+    result = generate_with_policy(
+        model, torch.tensor([ids]), policy, args.budget, args.chunk, args.max_new_tokens, eos_token_id=eos_id
+    )
+    stats = result.stats
+    print(
+        f"densa generate: policy {policy.name}, budget {args.budget}, chunk {args.chunk}: "
+        f"peak {stats.peak_kv_tokens} KV entries for {stats.tokens_seen} tokens, {stats.evictions} evictions",
+        file=sys.stderr,
+    )
+    new = result.tokens[0, len(ids) :].tolist()
+    if eos_id is not None and eos_id in new:
+        new = new[: new.index(eos_id)]
+    return new
