@@ -1,75 +1,79 @@
 """Locret experiment A (reference/longctx.md §7.2): MQAR value accuracy vs KV budget for each policy.
 
-1. Train a tiny GQA decoder on MQAR with a length curriculum (T = 8 → 256; answers hidden in the query
-   segment) — a plain torch loop until the densa trainer runs this as a recipe.
-2. Train retaining heads (frozen backbone) on fresh MQAR samples.
-3. For each budget and policy: chunked prefill of the context (query-agnostic), the query segment as the
-   tail, teacher-forced value accuracy; also peak KV tokens and the share of needle tokens retained.
+1. Backbone: `densa` trainer on `recipes/locret_backbone_tiny.yaml` with the token-level MQAR length
+   curriculum of `task_data.py` (T = 8 → 256); in-distribution accuracy on T = 256, 8 pairs, 4 queries.
+2. Retaining heads: `densa` trainer on `recipes/locret_heads_tiny.yaml` (`retaining_heads:` section,
+   backbone loaded from step 1's run dir and frozen, CIS loss); the logged `cis_loss` curve is recorded.
+3. For each budget (4–16× compression of the 248-token context) and policy, at equal budget and chunk:
+   chunked prefill of the context (query-agnostic), the query segment as the tail, teacher-forced value
+   accuracy, peak KV entries held, peak KV-cache bytes, share of needle tokens retained.
 
-Writes benchmarks/results/locret_accuracy_vs_budget.{json,md}.
-`--quick` is a smoke run (about a minute on 2 cores; its numbers mean nothing).
+Writes benchmarks/results/locret.{json,md,png}. Run dirs go to runs/locret_bench/ (gitignored).
+`--quick` is a smoke run (its numbers mean nothing); `--reuse` skips training stages already complete.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from benchmarks.common import machine_info, write_results
+from benchmarks.common import RESULTS_DIR, machine_info, write_results
+from benchmarks.locret.task_data import AdaptiveMQAR, CurriculumCallback, MQARHeads
+from densa.config.load import load_recipe
+from densa.config.schema import RunConfig
 from densa.longctx import build_policy, generate_with_policy
-from densa.longctx.tasks import TaskVocab, answer_accuracy, mqar
-from densa.models import ModelConfig, Transformer, causal_lm_loss
-from densa.retaining_heads import train_heads
+from densa.longctx.tasks import TaskSample, TaskVocab, answer_accuracy, mqar
+from densa.models import Transformer
+from densa.retaining_heads import heads_loss, load_heads
+from densa.train.finetune import init_from
+from densa.train.run import build_trainer
 
 POLICIES = ["full", "streaming_llm", "h2o", "snapkv", "random", "locret"]
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+N_PAIRS, N_QUERIES = 8, 4
 
 
-def model_config(vocab: TaskVocab) -> ModelConfig:
-    # §7.1: L = 4, d = 128, 4 query / 2 KV heads, head_dim 32, SwiGLU 256, RoPE θ = 1e4.
-    return ModelConfig(
-        vocab_size=vocab.size, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=256, max_seq_len=512
-    )
+def run_stage(
+    cfg: RunConfig, train_data: Any, reuse: bool, callbacks: list[Any] | None = None
+) -> dict[str, Any]:
+    """Train `cfg` on `train_data` in a fresh run dir (or reuse a finished one); the logged records."""
+    out = Path(cfg.run.out_dir)
+    if not (reuse and (out / "seconds.txt").is_file()):
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        result = build_trainer(cfg, train_data=train_data, callbacks=callbacks or []).fit()
+        early = any(getattr(cb, "stopped_early", False) for cb in callbacks or [])
+        if result.interrupted and not early:
+            raise SystemExit(f"{out}: training was interrupted")
+        (out / "seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
+    import json
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    return {"seconds": float((out / "seconds.txt").read_text()), "records": records}
 
 
-def curriculum(step: int, steps: int, max_len: int) -> tuple[int, tuple[int, int]]:
-    """Sequence length and pair range growing from T = 8 (2–3 pairs) to max_len (6–12 pairs)."""
-    frac = min(1.0, step / max(1, int(0.8 * steps)))
-    seq = int(8 * (max_len / 8) ** frac)
-    hi = max(3, min(12, seq // 16))
-    return seq, (max(2, hi // 2), hi)
+def load_backbone(cfg: RunConfig) -> Transformer:
+    model = Transformer(cfg.model)
+    init_from(model, cfg.run.out_dir)
+    return model.eval()
 
 
-def train_backbone(model: Transformer, vocab: TaskVocab, steps: int, batch: int, max_len: int) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
-    warmup = min(100, steps // 10 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    model.train()
-    for step in range(steps):
-        seq, pairs = curriculum(step, steps, max_len)
-        n_queries = min(4, pairs[0])
-        sample = mqar(batch, seq + 2 * n_queries, pairs, n_queries, vocab=vocab, seed=step)
-        loss = causal_lm_loss(model(sample.input_ids), sample.labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-    model.eval()
-    test = mqar(64, max_len, 8, 4, vocab=vocab, seed=10**6)
-    with torch.no_grad():
-        return answer_accuracy(model(test.input_ids), test)
+def needle_positions(sample: TaskSample, row: int, vocab: TaskVocab) -> set[int]:
+    ctx = sample.input_ids.shape[1] - sample.tail
+    ids = sample.input_ids[row, :ctx].tolist()
+    return {i for i in range(1, ctx) if ids[i] < vocab.filler0}
 
 
-def needle_positions(sample, row: int) -> set[int]:
-    ids = sample.input_ids[row].tolist()
-    ctx = len(ids) - sample.tail
-    return {i for i in range(ctx) if sample.input_ids[row, i] < TaskVocab().filler0 and i > 0}
-
-
-def evaluate(model: Transformer, sample, policy: str, budget: int, chunk: int) -> dict[str, float]:
-    kwargs = {"n_stabilizers": 4} if policy == "locret" else {}
+def evaluate(
+    model: Transformer, sample: TaskSample, policy: str, budget: int, chunk: int, heads: str, vocab: TaskVocab
+) -> dict[str, float]:
+    kwargs = {"heads": heads} if policy == "locret" else {}
     result = generate_with_policy(
         model,
         sample.input_ids,
@@ -79,77 +83,213 @@ def evaluate(model: Transformer, sample, policy: str, budget: int, chunk: int) -
         max_new_tokens=0,
         tail=sample.tail,
     )
+    cfg = model.config
+    bytes_per_token = cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 4  # K and V, fp32, one sequence
     kept = result.stats.kept_positions[-1]  # last layer, [B, Hkv, L]
     retained = []
     for b in range(kept.shape[0]):
-        needles = needle_positions(sample, b)
+        needles = needle_positions(sample, b, vocab)
         for h in range(kept.shape[1]):
             retained.append(len(needles & set(kept[b, h].tolist())) / max(1, len(needles)))
     return {
         "accuracy": answer_accuracy(result.tail_logits, sample),
         "peak_kv_tokens": result.stats.peak_kv_tokens,
+        "peak_kv_bytes_per_seq": result.stats.peak_kv_tokens * bytes_per_token,
         "needles_retained": sum(retained) / len(retained),
     }
+
+
+def cis_eval(model: Transformer, sample: TaskSample) -> dict[str, float]:
+    with torch.no_grad():
+        heads_loss(model, sample.to_batch(), with_stats=True)
+    return dict(model.retaining_heads.last_stats)
+
+
+def plot(rows: list[dict], ctx_len: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=90)
+    for policy in POLICIES:
+        pts = sorted((ctx_len / r["budget"], r["accuracy"]) for r in rows if r["policy"] == policy)
+        style = {"ls": "--", "color": "k"} if policy == "full" else {"marker": "o", "ms": 3}
+        ax.plot(*zip(*pts, strict=True), label=policy, lw=2.2 if policy == "locret" else 1.2, **style)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("KV compression (context / budget)")
+    ax.set_ylabel("MQAR value accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def markdown(payload: dict, args: argparse.Namespace) -> str:
+    rows, ctx = payload["results"], payload["context_tokens"]
+    acc = {(r["budget"], r["policy"]): r for r in rows}
+    bb, hd = payload["backbone"], payload["heads"]
+    lines = [
+        f"# Locret: MQAR value accuracy vs KV budget (T = {args.seq_len}, context {ctx}, chunk {args.chunk})",
+        "",
+        f"Backbone ({bb['params']} params, {bb['steps']} trainer steps, "
+        f"{bb['seconds']:.0f} s): in-distribution accuracy "
+        f"**{bb['in_distribution_accuracy']:.3f}**. Heads ({hd['steps']} steps, "
+        f"{hd['seconds']:.0f} s): CIS loss {hd['cis_loss_first']:.3f} → "
+        f"{hd['cis_loss_last']:.3f}, held-out top-10% overlap "
+        f"{hd['held_out']['cis_top10_overlap']:.3f}. {args.eval_rows} eval rows, 1 thread.",
+        "",
+        "| budget | compression | "
+        + " | ".join(POLICIES)
+        + " | peak KV (locret) | KV KiB/seq (full → locret) |",
+        "|---|---|" + "---|" * len(POLICIES) + "---|---|",
+    ]
+    for b in args.budgets:
+        cells = " | ".join(f"{acc[(b, p)]['accuracy']:.3f}" for p in POLICIES)
+        loc, full = acc[(b, "locret")], acc[(b, "full")]
+        lines.append(
+            f"| {b} | {ctx / b:.1f}× | {cells} | {loc['peak_kv_tokens']} (≤ {b + args.chunk}) | "
+            f"{full['peak_kv_bytes_per_seq'] / 1024:.0f} → {loc['peak_kv_bytes_per_seq'] / 1024:.0f} |"
+        )
+    g = payload["goals"]
+    lines += [
+        "",
+        "Needle tokens retained (last layer, mean over KV heads): "
+        + "; ".join(
+            f"b={b}: " + ", ".join(f"{p} {acc[(b, p)]['needles_retained']:.2f}" for p in POLICIES[1:])
+            for b in args.budgets
+        ),
+        "",
+        ("" if g["backbone_ok"] else "**Backbone below 95% in distribution: the goal checks mean nothing.** ")
+        + f"Goals: Locret at ~8× (budget {g['budget_8x']}) keeps "
+        f"{g['locret_over_full_8x']:.1%} of full-cache "
+        f"accuracy (goal ≥ 90%: {'met' if g['within_10pct_8x'] else 'not met'}); "
+        "beats every baseline at every budget: "
+        f"{'yes' if g['beats_all_baselines'] else 'no (' + ', '.join(g['not_beaten']) + ')'}; "
+        f"peak KV ≤ budget + chunk for every evicting policy: {'yes' if g['peak_within_bound'] else 'no'}.",
+        "",
+        "Peak KV bytes are the entries held × (layers × K,V × KV heads × head_dim × 4 bytes), per sequence.",
+        "",
+        "![accuracy vs compression](locret.png)",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny steps and sizes")
-    parser.add_argument("--backbone-steps", type=int, default=1500)
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse finished run dirs under runs/locret_bench"
+    )
+    parser.add_argument("--backbone-steps", type=int, default=1500, help="at most; stops once solved")
     parser.add_argument("--head-steps", type=int, default=300)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--chunk", type=int, default=32)
     parser.add_argument("--budgets", type=int, nargs="+", default=[16, 24, 32, 48, 64])
-    parser.add_argument("--eval-rows", type=int, default=128)
+    parser.add_argument("--eval-rows", type=int, default=256)
     args = parser.parse_args()
+    bb_set, hd_set = [f"train.steps={args.backbone_steps}"], [f"train.steps={args.head_steps}"]
     if args.quick:
-        args.backbone_steps, args.head_steps, args.seq_len, args.eval_rows = 20, 5, 96, 8
-        args.budgets = [16, 32]
+        args.backbone_steps, args.head_steps, args.eval_rows, args.budgets = 30, 12, 16, [16, 32]
+        bb_set = ["train.steps=30", "schedule.warmup_steps=5", "checkpoint.interval=30"]
+        bb_set.append("run.out_dir=runs/locret_bench/quick_backbone")
+        hd_set = ["train.steps=12", "schedule.warmup_steps=8", "checkpoint.interval=12"]
+        hd_set += [
+            "run.out_dir=runs/locret_bench/quick_heads",
+            "init.from_path=runs/locret_bench/quick_backbone",
+        ]
+    else:
+        bb_set.append(f"checkpoint.interval={args.backbone_steps}")
+        hd_set += [
+            f"checkpoint.interval={args.head_steps}",
+            f"schedule.warmup_steps={2 * args.head_steps // 3}",
+        ]
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     vocab = TaskVocab()
-    model = Transformer(model_config(vocab))
-    start = time.perf_counter()
-    in_dist = train_backbone(model, vocab, args.backbone_steps, 32, args.seq_len)
-    backbone_s = time.perf_counter() - start
 
-    head_batches = [
-        mqar(4, args.seq_len, 8, 4, vocab=vocab, seed=10**5 + i).to_batch() for i in range(args.head_steps)
-    ]
-    start = time.perf_counter()
-    history = train_heads(
-        model, head_batches, args.head_steps, hidden=64, log_every=max(1, args.head_steps // 5)
+    bb_cfg = load_recipe(RECIPES / "locret_backbone_tiny.yaml", bb_set)
+    per_step = bb_cfg.batch.global_tokens // bb_cfg.data.seq_len
+    source = AdaptiveMQAR(per_step, args.seq_len, vocab=vocab)
+    bb = run_stage(bb_cfg, source, args.reuse, [CurriculumCallback(source)])
+    model = load_backbone(bb_cfg)
+    test = mqar(args.eval_rows, args.seq_len, N_PAIRS, N_QUERIES, vocab=vocab, seed=2 * 10**6)
+    with torch.no_grad():
+        in_dist = answer_accuracy(model(test.input_ids), test)
+    print(f"backbone: in-distribution accuracy {in_dist:.3f} ({bb['seconds']:.0f} s)", flush=True)
+
+    hd_cfg = load_recipe(RECIPES / "locret_heads_tiny.yaml", hd_set)
+    hd_per_step = hd_cfg.batch.global_tokens // hd_cfg.data.seq_len
+    hd = run_stage(
+        hd_cfg, MQARHeads(args.head_steps * hd_per_step, args.seq_len, N_PAIRS, N_QUERIES), args.reuse
     )
-    heads_s = time.perf_counter() - start
+    heads_file = str(Path(hd_cfg.run.out_dir) / hd_cfg.retaining_heads.out_file)
+    cis = [(r["step"], r["cis_loss"]) for r in hd["records"] if "cis_loss" in r]
+    load_heads(model, heads_file)
+    held_out = cis_eval(model, mqar(32, args.seq_len, N_PAIRS, N_QUERIES, vocab=vocab, seed=3 * 10**6))
+    print(f"heads: cis_loss {cis[0][1]:.3f} -> {cis[-1][1]:.3f}; held-out {held_out}", flush=True)
 
-    sample = mqar(args.eval_rows, args.seq_len, 8, 4, vocab=vocab, seed=2 * 10**6)
     rows = []
     for budget in args.budgets:
         for policy in POLICIES:
-            rows.append(
-                {"budget": budget, "policy": policy, **evaluate(model, sample, policy, budget, args.chunk)}
-            )
+            start = time.perf_counter()
+            res = evaluate(model, test, policy, budget, args.chunk, heads_file, vocab)
+            rows.append({"budget": budget, "policy": policy, **res, "seconds": time.perf_counter() - start})
             print(rows[-1], flush=True)
 
+    ctx_len = args.seq_len - test.tail
+    acc = {(r["budget"], r["policy"]): r for r in rows}
+    b8 = min(args.budgets, key=lambda b: abs(ctx_len / b - 8))
+    ratio = acc[(b8, "locret")]["accuracy"] / max(1e-9, acc[(b8, "full")]["accuracy"])
+    not_beaten = [
+        f"{p}@{b}"
+        for b in args.budgets
+        for p in POLICIES[1:-1]
+        if acc[(b, p)]["accuracy"] >= acc[(b, "locret")]["accuracy"]
+    ]
     payload = {
-        "config": vars(args) | {"model": model_config(vocab).to_dict()},
+        "config": vars(args) | {"n_pairs": N_PAIRS, "n_queries": N_QUERIES, "model": bb_cfg.model.to_dict()},
         "machine": machine_info(),
-        "backbone": {"in_distribution_accuracy": in_dist, "seconds": backbone_s},
-        "heads": {"seconds": heads_s, "final": history[-1]},
+        "context_tokens": ctx_len,
+        "backbone": {
+            "params": bb_cfg.model.num_params(),
+            "steps": max(r["step"] for r in bb["records"]),
+            "curriculum": [
+                (r["step"], r["curriculum/context_len"])
+                for r in bb["records"]
+                if "curriculum/context_len" in r
+            ],
+            "seconds": bb["seconds"],
+            "in_distribution_accuracy": in_dist,
+            "loss_curve": [(r["step"], r["train/loss"]) for r in bb["records"] if "train/loss" in r],
+        },
+        "heads": {
+            "steps": args.head_steps,
+            "seconds": hd["seconds"],
+            "cis_loss_curve": cis,
+            "cis_loss_first": cis[0][1],
+            "cis_loss_last": cis[-1][1],
+            "held_out": held_out,
+        },
+        "goals": {
+            "backbone_ok": in_dist >= 0.95,
+            "budget_8x": b8,
+            "locret_over_full_8x": ratio,
+            "within_10pct_8x": ratio >= 0.9,
+            "beats_all_baselines": not not_beaten,
+            "not_beaten": not_beaten,
+            "peak_within_bound": all(
+                r["peak_kv_tokens"] <= r["budget"] + args.chunk for r in rows if r["policy"] != "full"
+            ),
+        },
         "results": rows,
     }
-    table = ["| budget | " + " | ".join(POLICIES) + " |", "|---|" + "---|" * len(POLICIES)]
-    for budget in args.budgets:
-        accs = [
-            next(r["accuracy"] for r in rows if r["budget"] == budget and r["policy"] == p) for p in POLICIES
-        ]
-        table.append(f"| {budget} | " + " | ".join(f"{a:.3f}" for a in accs) + " |")
-    md = (
-        f"# Locret: MQAR value accuracy vs KV budget (T = {args.seq_len}, chunk {args.chunk})\n\n"
-        f"Backbone in-distribution accuracy {in_dist:.3f}; heads top-10% CIS overlap "
-        f"{history[-1].get('cis_top10_overlap', float('nan')):.3f}.\n\n" + "\n".join(table) + "\n"
-    )
-    name = "locret_accuracy_vs_budget" + ("_quick" if args.quick else "")
+    name = "locret" + ("_quick" if args.quick else "")
+    plot(rows, ctx_len, RESULTS_DIR / f"{name}.png")
+    md = markdown(payload, args).replace("(locret.png)", f"({name}.png)")
     print(*write_results(name, payload, md), sep="\n")
 
 
