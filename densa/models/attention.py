@@ -45,11 +45,17 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         batch, seq, _ = x.shape
         n_q, n_kv = self.n_local_heads, self.n_local_kv_heads
-        qkv = self.qkv_proj(x).view(batch, seq, n_q + 2 * n_kv, self.head_dim).transpose(1, 2)
-        # Rotate q and k heads in one pass over the fused projection (half the elementwise launches).
-        qk = apply_rotary(qkv[:, : n_q + n_kv], cos, sin)
+        qkv = self.qkv_proj(x).view(batch, seq, n_q + 2 * n_kv, self.head_dim)
+        # Rotate q and k heads in one pass, in the projection's own [B, T, H, D] layout (contiguous rows,
+        # half the elementwise launches), and only then move heads forward for SDPA.
+        cos, sin = (
+            (cos.unsqueeze(-2), sin.unsqueeze(-2))
+            if cos.dim() == 2
+            else (cos.transpose(1, 2), sin.transpose(1, 2))
+        )
+        qk = apply_rotary(qkv[:, :, : n_q + n_kv], cos, sin).transpose(1, 2)
         q, k = qk.split([n_q, n_kv], dim=1)
-        v = qkv[:, n_q + n_kv :]
+        v = qkv[:, :, n_q + n_kv :].transpose(1, 2)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
 
         past = kv_cache.length(self.layer_idx) if kv_cache is not None else 0
