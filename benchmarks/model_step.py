@@ -91,7 +91,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--sizes", nargs="+", default=list(SIZES))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     rows = []
     for name in args.sizes:
@@ -101,7 +104,8 @@ def main() -> None:
     lines = [
         "# Train step: densa vs transformers LlamaForCausalLM (CPU fp32)",
         "",
-        f"batch {args.batch} × seq {args.seq}, median of {args.repeats} interleaved steps; "
+        f"batch {args.batch} × seq {args.seq}, {torch.get_num_threads()} torch thread(s), "
+        f"median of {args.repeats} interleaved steps; "
         "speedup = transformers time / densa time.",
         "",
         "| size | params | densa step (s) | transformers step (s) | speedup | loss densa | loss HF |",
