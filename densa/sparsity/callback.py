@@ -84,7 +84,9 @@ class ActivationRatioCallback(Callback):
         self.attach(_model(trainer))
 
     def pre_step(self, trainer: Any, step: int) -> None:
-        self._armed = step % self.interval == 0
+        # Measure on the steps the trainer logs: it records metrics after step s when (s + 1) is a
+        # multiple of logging.log_interval, so arming on (s + 1) % interval lines the two up.
+        self._armed = (step + 1) % self.interval == 0
         if self._armed:
             self._rows = [[] for _ in self._layers]
 

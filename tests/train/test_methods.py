@@ -49,11 +49,12 @@ def test_ssd_switches_at_explicit_steps(tmp_path, ds_world):
 def test_sparsity_tracking_logs_activation_ratio(tmp_path, ds_world):
     cfg = tiny_cfg(tmp_path, steps=4, sparsity=SparsitySection(track_interval=2))
     cfg = replace(cfg, "model", activation="relu")
+    cfg = replace(cfg, "logging", log_interval=2)  # equal intervals: every measurement must be logged
     build_trainer(cfg, train_data=SyntheticDataset(VOCAB, SEQ)).fit()
     records = logged(tmp_path)
     tracked = [s for s, r in records.items() if "sparsity/activation_ratio" in r]
-    assert tracked == [1, 3]  # 0-based steps 0 and 2
-    r = records[1]
+    assert tracked == [2, 4]  # logged after 0-based steps 1 and 3
+    r = records[2]
     layers = [r[f"sparsity/activation_ratio/layer_{i}"] for i in range(cfg.model.n_layers)]
     assert 0.0 < r["sparsity/activation_ratio"] < 1.0  # ReLU: roughly half the neurons fire
     assert abs(r["sparsity/activation_ratio"] - sum(layers) / len(layers)) < 1e-9
