@@ -252,20 +252,30 @@ class Engine:
         return StepOutput(loss, lr, grad_norm, applied, nonfinite, stats[2].item() > 0)
 
     def _grad_norm(self) -> float:
-        """Global grad norm for ZeRO-0 (DeepSpeed clips but does not report it); TP shards summed."""
-        sharded, replicated = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+        """Global grad norm for ZeRO-0 (DeepSpeed clips but does not report it); TP shards summed.
+
+        Per-tensor norms come from one fused `_foreach_norm` pass in the grads' own dtype (no float64
+        copies of the gradients); only the per-tensor norms are combined in float64."""
+        sharded: list[torch.Tensor] = []
+        replicated: list[torch.Tensor] = []
         for p in self.module.parameters():
             if p.grad is not None:
-                sq = p.grad.detach().double().pow(2).sum().cpu()
-                if getattr(p, "tensor_model_parallel", False):
-                    sharded += sq
-                else:
-                    replicated += sq
+                (sharded if getattr(p, "tensor_model_parallel", False) else replicated).append(
+                    p.grad.detach()
+                )
+
+        def sum_of_squares(grads: list[torch.Tensor]) -> torch.Tensor:
+            if not grads:
+                return torch.zeros((), dtype=torch.float64)
+            norms = torch.stack(torch._foreach_norm(grads)).double().cpu()
+            return norms.pow(2).sum()
+
+        sharded_sq, replicated_sq = sum_of_squares(sharded), sum_of_squares(replicated)
         if self.tp > 1:
             from densa.models.parallel import tp_group
 
-            dist.all_reduce(sharded, group=tp_group())
-        return math.sqrt(float(sharded + replicated))
+            dist.all_reduce(sharded_sq, group=tp_group())
+        return math.sqrt(float(sharded_sq + replicated_sq))
 
     # ------------------------------------------------------------------------------------ eval
 
