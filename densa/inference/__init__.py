@@ -2,7 +2,7 @@
 FFN paths, KV policies from densa.longctx, batching by prompt length; export to HF folders with a model card
 and Hub upload. See docs/inference.md and docs/export.md.
 
-engine = InferenceEngine.from_pretrained("out/hf", sparsity="out/hf/sparsity.json")
+engine = InferenceEngine.from_pretrained("./out/hf", sparsity="./out/hf/sparsity.json")
 out = engine.generate(["Hello", "Once upon"], GenerationConfig(max_new_tokens=32), ffn="sparse")
 """
 
