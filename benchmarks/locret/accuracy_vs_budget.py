@@ -10,6 +10,9 @@
 
 Writes benchmarks/results/locret.{json,md,png}. Run dirs go to runs/locret_bench/ (gitignored).
 `--quick` is a smoke run (its numbers mean nothing); `--reuse` skips training stages already complete.
+`--task passkey` swaps MQAR for passkey retrieval (fixed length, all 4 digits supervised, no curriculum):
+the committed results are `--task passkey --seq-len 64 --backbone-steps 1400 --head-steps 600
+--budgets 8 10 15 --chunk 8` with OMP_NUM_THREADS=2.
 """
 
 from __future__ import annotations
@@ -24,11 +27,17 @@ from typing import Any
 import torch
 
 from benchmarks.common import RESULTS_DIR, machine_info, write_results
-from benchmarks.locret.task_data import AdaptiveMQAR, CurriculumCallback, MQARHeads
+from benchmarks.locret.task_data import (
+    AdaptiveMQAR,
+    CurriculumCallback,
+    MQARHeads,
+    PasskeyHeads,
+    PasskeySource,
+)
 from densa.config.load import load_recipe
 from densa.config.schema import RunConfig
 from densa.longctx import build_policy, generate_with_policy
-from densa.longctx.tasks import TaskSample, TaskVocab, answer_accuracy, mqar
+from densa.longctx.tasks import TaskSample, TaskVocab, answer_accuracy, mqar, passkey
 from densa.models import Transformer
 from densa.retaining_heads import heads_loss, load_heads
 from densa.train.finetune import init_from
@@ -37,6 +46,7 @@ from densa.train.run import build_trainer
 POLICIES = ["full", "streaming_llm", "h2o", "snapkv", "random", "locret"]
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 N_PAIRS, N_QUERIES = 8, 4
+N_DIGITS = 4  # --task passkey
 
 
 def run_stage(
@@ -105,7 +115,7 @@ def cis_eval(model: Transformer, sample: TaskSample) -> dict[str, float]:
     return dict(model.retaining_heads.last_stats)
 
 
-def plot(rows: list[dict], ctx_len: int, path: Path) -> None:
+def plot(rows: list[dict], ctx_len: int, path: Path, task: str = "mqar") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,7 +128,7 @@ def plot(rows: list[dict], ctx_len: int, path: Path) -> None:
         ax.plot(*zip(*pts, strict=True), label=policy, lw=2.2 if policy == "locret" else 1.2, **style)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("KV compression (context / budget)")
-    ax.set_ylabel("MQAR value accuracy")
+    ax.set_ylabel(f"{task} answer accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
@@ -132,14 +142,16 @@ def markdown(payload: dict, args: argparse.Namespace) -> str:
     acc = {(r["budget"], r["policy"]): r for r in rows}
     bb, hd = payload["backbone"], payload["heads"]
     lines = [
-        f"# Locret: MQAR value accuracy vs KV budget (T = {args.seq_len}, context {ctx}, chunk {args.chunk})",
+        f"# Locret: {args.task} answer accuracy vs KV budget "
+        f"(T = {args.seq_len}, context {ctx}, chunk {args.chunk})",
         "",
         f"Backbone ({bb['params']} params, {bb['steps']} trainer steps, "
         f"{bb['seconds']:.0f} s): in-distribution accuracy "
         f"**{bb['in_distribution_accuracy']:.3f}**. Heads ({hd['steps']} steps, "
         f"{hd['seconds']:.0f} s): CIS loss {hd['cis_loss_first']:.3f} → "
         f"{hd['cis_loss_last']:.3f}, held-out top-10% overlap "
-        f"{hd['held_out']['cis_top10_overlap']:.3f}. {args.eval_rows} eval rows, 1 thread.",
+        f"{hd['held_out']['cis_top10_overlap']:.3f}. {args.eval_rows} eval rows, "
+        f"{torch.get_num_threads()} CPU thread(s).",
         "",
         "| budget | compression | "
         + " | ".join(POLICIES)
@@ -190,6 +202,14 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=32)
     parser.add_argument("--budgets", type=int, nargs="+", default=[16, 24, 32, 48, 64])
     parser.add_argument("--eval-rows", type=int, default=256)
+    parser.add_argument(
+        "--task",
+        choices=["mqar", "passkey"],
+        default="mqar",
+        help="mqar: length curriculum; passkey: fixed length, every digit supervised",
+    )
+    parser.add_argument("--runs", default="runs/locret_bench", help="parent of the backbone/heads run dirs")
+    parser.add_argument("--name", default="locret", help="results file stem")
     args = parser.parse_args()
     bb_set, hd_set = [f"train.steps={args.backbone_steps}"], [f"train.steps={args.head_steps}"]
     if args.quick:
@@ -202,7 +222,8 @@ def main() -> None:
             "init.from_path=runs/locret_bench/quick_backbone",
         ]
     else:
-        bb_set.append(f"checkpoint.interval={args.backbone_steps}")
+        bb_set += [f"checkpoint.interval={args.backbone_steps}", f"run.out_dir={args.runs}/backbone"]
+        hd_set += [f"run.out_dir={args.runs}/heads", f"init.from_path={args.runs}/backbone"]
         hd_set += [
             f"checkpoint.interval={args.head_steps}",
             f"schedule.warmup_steps={2 * args.head_steps // 3}",
@@ -213,23 +234,36 @@ def main() -> None:
 
     bb_cfg = load_recipe(RECIPES / "locret_backbone_tiny.yaml", bb_set)
     per_step = bb_cfg.batch.global_tokens // bb_cfg.data.seq_len
-    source = AdaptiveMQAR(per_step, args.seq_len, vocab=vocab)
-    bb = run_stage(bb_cfg, source, args.reuse, [CurriculumCallback(source)])
+    if args.task == "passkey":
+        bb = run_stage(bb_cfg, PasskeySource(per_step, args.seq_len, N_DIGITS, vocab=vocab), args.reuse)
+    else:
+        source = AdaptiveMQAR(per_step, args.seq_len, vocab=vocab)
+        bb = run_stage(bb_cfg, source, args.reuse, [CurriculumCallback(source)])
     model = load_backbone(bb_cfg)
-    test = mqar(args.eval_rows, args.seq_len, N_PAIRS, N_QUERIES, vocab=vocab, seed=2 * 10**6)
+
+    def make(n: int, seed: int) -> TaskSample:
+        if args.task == "passkey":
+            return passkey(n, args.seq_len, N_DIGITS, vocab=vocab, seed=seed)
+        return mqar(n, args.seq_len, N_PAIRS, N_QUERIES, vocab=vocab, seed=seed)
+
+    test = make(args.eval_rows, 2 * 10**6)
     with torch.no_grad():
         in_dist = answer_accuracy(model(test.input_ids), test)
     print(f"backbone: in-distribution accuracy {in_dist:.3f} ({bb['seconds']:.0f} s)", flush=True)
 
     hd_cfg = load_recipe(RECIPES / "locret_heads_tiny.yaml", hd_set)
     hd_per_step = hd_cfg.batch.global_tokens // hd_cfg.data.seq_len
-    hd = run_stage(
-        hd_cfg, MQARHeads(args.head_steps * hd_per_step, args.seq_len, N_PAIRS, N_QUERIES), args.reuse
+    n_head_samples = args.head_steps * hd_per_step
+    heads_data = (
+        PasskeyHeads(n_head_samples, args.seq_len, N_DIGITS)
+        if args.task == "passkey"
+        else MQARHeads(n_head_samples, args.seq_len, N_PAIRS, N_QUERIES)
     )
+    hd = run_stage(hd_cfg, heads_data, args.reuse)
     heads_file = str(Path(hd_cfg.run.out_dir) / hd_cfg.retaining_heads.out_file)
     cis = [(r["step"], r["cis_loss"]) for r in hd["records"] if "cis_loss" in r]
     load_heads(model, heads_file)
-    held_out = cis_eval(model, mqar(32, args.seq_len, N_PAIRS, N_QUERIES, vocab=vocab, seed=3 * 10**6))
+    held_out = cis_eval(model, make(32, 3 * 10**6))
     print(f"heads: cis_loss {cis[0][1]:.3f} -> {cis[-1][1]:.3f}; held-out {held_out}", flush=True)
 
     rows = []
@@ -251,12 +285,14 @@ def main() -> None:
         if acc[(b, p)]["accuracy"] >= acc[(b, "locret")]["accuracy"]
     ]
     payload = {
-        "config": vars(args) | {"n_pairs": N_PAIRS, "n_queries": N_QUERIES, "model": bb_cfg.model.to_dict()},
+        "config": vars(args)
+        | {"n_pairs": N_PAIRS, "n_queries": N_QUERIES, "n_digits": N_DIGITS, "model": bb_cfg.model.to_dict()},
         "machine": machine_info(),
         "context_tokens": ctx_len,
         "backbone": {
             "params": bb_cfg.model.num_params(),
             "steps": max(r["step"] for r in bb["records"]),
+            "task": args.task,
             "curriculum": [
                 (r["step"], r["curriculum/context_len"])
                 for r in bb["records"]
@@ -287,8 +323,8 @@ def main() -> None:
         },
         "results": rows,
     }
-    name = "locret" + ("_quick" if args.quick else "")
-    plot(rows, ctx_len, RESULTS_DIR / f"{name}.png")
+    name = args.name + ("_quick" if args.quick else "")
+    plot(rows, ctx_len, RESULTS_DIR / f"{name}.png", args.task)
     md = markdown(payload, args).replace("(locret.png)", f"({name}.png)")
     print(*write_results(name, payload, md), sep="\n")
 

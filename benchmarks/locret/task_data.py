@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from densa.longctx.tasks import TaskSample, TaskVocab, mqar
+from densa.longctx.tasks import TaskSample, TaskVocab, mqar, passkey
 from densa.train.callbacks import Callback
 
 Sample = dict[str, torch.Tensor]
@@ -162,3 +162,48 @@ class CurriculumCallback(Callback):
             self.stopped_early = True  # solved at full length: end with a checkpoint
             trainer.request_stop()
         metrics["curriculum/context_len"] = self.source.lengths[self.source.stage]
+
+
+class PasskeySource:
+    """A trainer `BatchSource`: `per_step` passkey rows of `seq_len` tokens per step (fixed length, every
+    digit supervised). Learns far faster than MQAR on the tiny model (docs/locret.md, results)."""
+
+    def __init__(
+        self, per_step: int, seq_len: int, n_digits: int = 4, vocab: TaskVocab = VOCAB, seed: int = 0
+    ) -> None:
+        self.per_step, self.seq_len, self.n_digits, self.vocab, self.seed = (
+            per_step,
+            seq_len,
+            n_digits,
+            vocab,
+            seed,
+        )
+
+    def __call__(self, consumed: int) -> Iterator[list[dict[str, Any]]]:
+        step = consumed // self.per_step
+        while True:
+            s = passkey(self.per_step, self.seq_len, self.n_digits, vocab=self.vocab, seed=self.seed + step)
+            yield [{"input_ids": s.input_ids, "labels": s.labels, "loss_mask": s.answer_mask.float()}]
+            step += 1
+
+
+class PasskeyHeads:
+    """`num_samples` passkey samples of `seq_len` tokens, for retaining-head training."""
+
+    def __init__(
+        self, num_samples: int, seq_len: int, n_digits: int = 4, vocab: TaskVocab = VOCAB, seed: int = 10**7
+    ) -> None:
+        self.num_samples, self.seq_len, self.n_digits, self.vocab, self.seed = (
+            num_samples,
+            seq_len,
+            n_digits,
+            vocab,
+            seed,
+        )
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, idx: int) -> Sample:
+        s = passkey(1, self.seq_len, self.n_digits, vocab=self.vocab, seed=self.seed + idx)
+        return _row(s, True)
