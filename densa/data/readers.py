@@ -77,34 +77,40 @@ def _decode(raw: bytes, path: Path, line_no: int | None = None, base_offset: int
         ) from None
 
 
-def read_jsonl(path: Path, key: str = "text", skip_bad_lines: bool = False, stats: ReadStats | None = None):
-    """Yield `Document`s from a JSONL file; bad lines raise `DataError` at `file:line` or are skipped."""
-    stats = stats if stats is not None else ReadStats()
+def iter_jsonl_lines(path: Path) -> Iterator[tuple[str, str, int]]:
+    """(`file:line`, decoded text, raw byte length) of every non-blank line of a JSONL file.
+
+    Non-UTF-8 raises `DataError` naming the line and byte offset."""
     offset = 0
     with open(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
-            where = f"{path}:{line_no}"
             line = _decode(raw, path, line_no, offset)
             offset += len(raw)
-            if not line.strip():
+            if line.strip():
+                yield f"{path}:{line_no}", line, len(raw)
+
+
+def read_jsonl(path: Path, key: str = "text", skip_bad_lines: bool = False, stats: ReadStats | None = None):
+    """Yield `Document`s from a JSONL file; bad lines raise `DataError` at `file:line` or are skipped."""
+    stats = stats if stats is not None else ReadStats()
+    for where, line, nbytes in iter_jsonl_lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if skip_bad_lines:
+                stats.skip(where)
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                if skip_bad_lines:
-                    stats.skip(where)
-                    continue
-                raise DataError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(record, dict) or key not in record or not isinstance(record[key], str):
-                if skip_bad_lines:
-                    stats.skip(where)
-                    continue
-                if not isinstance(record, dict):
-                    raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-                if key not in record:
-                    raise DataError(f"{where}: missing key {key!r} (keys: {sorted(record)[:10]})")
-                raise DataError(f"{where}: {key!r} must be a string, got {type(record[key]).__name__}")
-            yield Document(record[key], where, len(raw))
+            raise DataError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict) or key not in record or not isinstance(record[key], str):
+            if skip_bad_lines:
+                stats.skip(where)
+                continue
+            if not isinstance(record, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            if key not in record:
+                raise DataError(f"{where}: missing key {key!r} (keys: {sorted(record)[:10]})")
+            raise DataError(f"{where}: {key!r} must be a string, got {type(record[key]).__name__}")
+        yield Document(record[key], where, nbytes)
 
 
 def read_text(path: Path, text_mode: str = "file") -> Iterator[Document]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from densa.data.readers import _decode
+from densa.data.readers import iter_jsonl_lines
 from densa.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 from densa.errors import DataError
 
@@ -64,22 +64,16 @@ def read_sft_jsonl(path: str | Path, skip_bad_lines: bool = False) -> list[list[
     path = Path(path)
     if not path.is_file():
         raise DataError(f"SFT file {path} does not exist")
-    out, offset = [], 0
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            where = f"{path}:{line_no}"
-            line = _decode(raw, path, line_no, offset)
-            offset += len(raw)
-            if not line.strip():
-                continue
-            try:
-                out.append(_validate(json.loads(line), where))
-            except json.JSONDecodeError as err:
-                if not skip_bad_lines:
-                    raise DataError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
-            except DataError:
-                if not skip_bad_lines:
-                    raise
+    out = []
+    for where, line, _ in iter_jsonl_lines(path):
+        try:
+            out.append(_validate(json.loads(line), where))
+        except json.JSONDecodeError as err:
+            if not skip_bad_lines:
+                raise DataError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
+        except DataError:
+            if not skip_bad_lines:
+                raise
     if not out:
         raise DataError(f"SFT file {path} contains no examples")
     return out
