@@ -62,6 +62,10 @@ class GenerationStats:
     decode_s: float = 0.0
     activation_ratio: list[float] | None = None
     """Per layer, during sparse decode steps (when `track_sparsity`)."""
+    read_ratio: list[float] | None = None
+    """Per layer, fraction of neurons read per sparse decode step (1.0 without predictors)."""
+    predictor_recall: list[float] | None = None
+    """Per layer, fraction of truly active neurons the predictors selected (1.0 without predictors)."""
     kv: list[Any] = field(default_factory=list)
     """densa.longctx PolicyStats per group, when a KV policy ran."""
 
@@ -89,6 +93,7 @@ class InferenceEngine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.thresholds: list[float] | None = None
+        self.predictors: list[torch.nn.Module] | None = None
 
     @classmethod
     def from_pretrained(
@@ -100,14 +105,18 @@ class InferenceEngine:
         device: str | torch.device = "cpu",
         moe_top_k: int | None = None,
         sparsity: Any | None = None,
+        predictors: str | os.PathLike | None = None,
     ) -> InferenceEngine:
-        """From an HF / densa / MoE folder; `sparsity`: thresholds, a SparsityReport or a sparsity.json."""
+        """From an HF / densa / MoE folder; `sparsity`: thresholds, a SparsityReport or a sparsity.json;
+        `predictors`: a predictors file (`densa sparsity predictors`) for the predicted sparse path."""
         loaded: LoadedModel = load_for_inference(
             path, tokenizer=tokenizer, dtype=dtype, device=device, moe_top_k=moe_top_k
         )
         engine = cls(loaded.model, loaded.tokenizer)
         if sparsity is not None:
             engine.set_sparsity(sparsity)
+        if predictors is not None:
+            engine.set_predictors(predictors)
         return engine
 
     # -- FFN execution paths -----------------------------------------------------------------------
@@ -139,6 +148,34 @@ class InferenceEngine:
         """CETT-calibrate thresholds on token sequences [N, seq_len + 1] (PPL-p% or a fixed CETT target)."""
         self.thresholds = calibrate(self.model, seqs, p=p, cett_target=cett_target)
         return self.thresholds
+
+    def set_predictors(self, source: str | os.PathLike | Sequence[torch.nn.Module] | None) -> None:
+        """Per-layer neuron predictors (a file from `save_predictors`, or modules); None clears them.
+
+        With predictors, `generate(ffn="sparse")` reads only the predicted rows of every FFN weight.
+        """
+        if source is None:
+            self.predictors = None
+            return
+        if isinstance(source, str | os.PathLike):
+            from densa.sparsity.predictor_io import load_predictors
+
+            self.predictors = load_predictors(source, self.model)
+            return
+        if len(source) != self.model.config.n_layers:
+            raise ValueError(f"{len(source)} predictors for {self.model.config.n_layers} layers")
+        self.predictors = [p.eval() for p in source]
+
+    def fit_predictors(self, seqs: torch.Tensor, rank: int, **train_kwargs: Any) -> list[Any]:
+        """Train per-layer predictors of the neurons active under the current thresholds (or non-zero ones
+        when no thresholds are set) on token sequences [N, seq_len + 1]; returns held-out metrics."""
+        from densa.sparsity.predictor import fit_predictors
+
+        predictors, metrics = fit_predictors(
+            self.model, seqs, rank, layer_thresholds=self.thresholds, **train_kwargs
+        )
+        self.set_predictors(predictors)
+        return metrics
 
     # -- generation --------------------------------------------------------------------------------
 
@@ -187,7 +224,9 @@ class InferenceEngine:
                 raise ValueError(
                     "ffn='sparse' needs thresholds: call set_sparsity or calibrate_sparsity first"
                 )
-            context = sparse_ffn_installed(self.model, self.thresholds, sparse_backend, track_sparsity)
+            context = sparse_ffn_installed(
+                self.model, self.thresholds, sparse_backend, track_sparsity, self.predictors
+            )
         elif ffn == "dense":
             context = contextlib.nullcontext([])
         else:
@@ -206,6 +245,8 @@ class InferenceEngine:
                     new[i] = tokens
             if track_sparsity and wrappers:
                 stats.activation_ratio = [w.active / max(w.total, 1) for w in wrappers]
+                stats.read_ratio = [w.read / max(w.total, 1) for w in wrappers]
+                stats.predictor_recall = [w.recall for w in wrappers]
         stats.new_tokens = sum(len(t) + (r == "eos") for t, r in zip(new, reasons))
         decode = self.tokenizer.decode if self.tokenizer is not None else None
         gens = [

@@ -6,6 +6,10 @@ n_i = |a_i|·‖W_down[:, i]‖ (densa.sparsity), turned into per-neuron thresho
 activation. The kernel applies them to |act(gate_i)| (plain FFN: |act(up_i)| = |a_i|, exactly CETT's rule;
 gated FFN: the gate alone, since thresholding a_i = act(gate_i)·up_i would need every up row). At t = 0 both
 rules keep exactly the non-zero neurons, so a ReLU model's sparse output equals its dense output.
+
+With a low-rank predictor per layer (densa.sparsity.fit_predictors, Deja Vu), the predicted set (logit ≥ 0,
+union over the batch) is the only part of every FFN weight that is read, gate/up included; the thresholds
+then filter that set. A neuron the predictor misses counts as zero, so outputs are exact only at recall 1.
 """
 
 from __future__ import annotations
@@ -29,29 +33,53 @@ class SparseDecodeFFN(nn.Module):
     """Wraps a dense FeedForward: dense for prefill, `sparse_ffn` with thresholds for one-token steps."""
 
     def __init__(
-        self, dense: nn.Module, thresholds: torch.Tensor, backend: str = "auto", track: bool = False
+        self,
+        dense: nn.Module,
+        thresholds: torch.Tensor,
+        backend: str = "auto",
+        track: bool = False,
+        predictor: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        self.predictor = predictor
         self.dense = dense
         first = dense.gate_up_proj.weight if dense.gated else dense.up_proj.weight
         self.weights = SparseFFNWeights.from_dense(first, dense.down_proj.weight, dense.gated)
         self.register_buffer("thresholds", thresholds.float().to(first.device), persistent=False)
         self.activation, self.backend, self.track = dense.activation, backend, track
-        self.active = 0  # active (token, neuron) pairs over sparse steps, for the activation ratio
-        self.total = 0
+        # Counted over sparse steps when tracking, as (token, neuron) pairs: truly active (the threshold
+        # rule on the dense gate), read (predicted set; every neuron without a predictor) and both.
+        self.active = self.read = self.hits = self.total = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[1] != 1:
             return self.dense(x)
+        idx = None
+        if self.predictor is not None:
+            logits = self.predictor(x.reshape(-1, self.weights.dim))  # [B, ffn_dim]
+            idx = (logits >= 0).any(dim=0).nonzero().squeeze(1)
         if self.track:  # recomputes the gate projection: off when timing
-            self._count(x)
-        return sparse_ffn(x, self.weights, self.thresholds, activation=self.activation, backend=self.backend)
+            self._count(x, idx)
+        return sparse_ffn(
+            x, self.weights, self.thresholds, active_idx=idx, activation=self.activation, backend=self.backend
+        )
 
-    def _count(self, x: torch.Tensor) -> None:
+    def _count(self, x: torch.Tensor, idx: torch.Tensor | None) -> None:
         gate = x.reshape(-1, self.weights.dim).to(self.weights.dtype) @ self.weights.gate.T
         act = self.dense.act_fn(gate)
-        self.active += int((act.abs() > self.thresholds.to(act.dtype)).sum())
+        active = act.abs() > self.thresholds.to(act.dtype)  # [B, ffn_dim]
+        read = torch.ones_like(active) if idx is None else torch.zeros_like(active)
+        if idx is not None:
+            read[:, idx] = True
+        self.active += int(active.sum())
+        self.read += int(read.sum())
+        self.hits += int((active & read).sum())
         self.total += act.numel()
+
+    @property
+    def recall(self) -> float:
+        """Fraction of truly active (token, neuron) pairs that were read (1 without a predictor)."""
+        return self.hits / max(self.active, 1)
 
 
 def layer_thresholds_from(source: SparsityReport | str | os.PathLike | Sequence[float]) -> list[float]:
@@ -81,16 +109,30 @@ def calibrate(
 
 @contextlib.contextmanager
 def sparse_ffn_installed(
-    model: Transformer, layer_thresholds: Sequence[float], backend: str = "auto", track: bool = False
+    model: Transformer,
+    layer_thresholds: Sequence[float],
+    backend: str = "auto",
+    track: bool = False,
+    predictors: Sequence[nn.Module] | None = None,
 ) -> Iterator[list[SparseDecodeFFN]]:
-    """Within the block every layer's FFN runs sparse for single-token steps; restored on exit."""
+    """Within the block every layer's FFN runs sparse for single-token steps; restored on exit.
+
+    predictors: one per layer (`densa.sparsity.fit_predictors` / `load_predictors`), or None for the
+    threshold path (gate read densely).
+    """
     if any(type(block.ffn) is not FeedForward for block in model.layers):
         raise NotImplementedError(
             "the sparse-FFN path needs dense FeedForward layers; an MoE model runs its own top-k experts"
         )
     per_neuron = neuron_thresholds(model, list(layer_thresholds))
     originals = [block.ffn for block in model.layers]
-    wrappers = [SparseDecodeFFN(ffn, t, backend, track) for ffn, t in zip(originals, per_neuron, strict=True)]
+    if predictors is not None and len(predictors) != len(originals):
+        raise ValueError(f"{len(predictors)} predictors for {len(originals)} layers")
+    per_layer = predictors if predictors is not None else [None] * len(originals)
+    wrappers = [
+        SparseDecodeFFN(ffn, t, backend, track, p)
+        for ffn, t, p in zip(originals, per_neuron, per_layer, strict=True)
+    ]
     try:
         for block, wrapper in zip(model.layers, wrappers, strict=True):
             block.ffn = wrapper

@@ -10,6 +10,8 @@ from densa.sparsity.cett import LayerCETT, cett, neuron_outputs, search_threshol
 from densa.sparsity.errors import CalibrationDataError, SparsityError, UnsupportedModelError
 from densa.sparsity.layers import FFNLayer, ffn_layers
 from densa.sparsity.ppl import CETTSearch, ppl_p_sparsity
+from densa.sparsity.predictor import LowRankPredictor, PredictorMetrics, fit_predictors
+from densa.sparsity.predictor_io import load_predictors, save_predictors
 from densa.sparsity.report import BaselineResult, CurvePoint, LayerSparsity, SparsityReport
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "FFNLayer",
     "LayerCETT",
     "LayerSparsity",
+    "LowRankPredictor",
+    "PredictorMetrics",
     "SparsityError",
     "SparsityReport",
     "UnsupportedModelError",
@@ -29,10 +33,13 @@ __all__ = [
     "count_active",
     "eval_loss",
     "ffn_layers",
+    "fit_predictors",
+    "load_predictors",
     "make_sequences",
     "neuron_outputs",
     "neuron_thresholds",
     "ppl_p_sparsity",
+    "save_predictors",
     "search_threshold",
     "sparsify",
 ]

@@ -137,6 +137,35 @@ def train_predictor(
     return model, evaluate_predictor(model, x[val], labels[val], layer)
 
 
+def fit_predictors(
+    model: nn.Module,
+    seqs: torch.Tensor,
+    rank: int,
+    *,
+    layer_thresholds: Sequence[float] | None = None,
+    max_tokens: int | None = 8192,
+    batch_size: int = 8,
+    seed: int = 0,
+    **train_kwargs,
+) -> tuple[list[LowRankPredictor], list[PredictorMetrics]]:
+    """Train one predictor per FFN layer on the dense model's FFN inputs over `seqs` [N, seq_len + 1].
+
+    Labels are "active": |a_i| above the per-neuron threshold of `layer_thresholds` (e.g. a CETT-0.2 search,
+    `report.thresholds`), or a_i ≠ 0 when None (natural sparsity of ReLU-family models).
+    """
+    if rank < 1:
+        raise ValueError(f"predictor rank must be >= 1, got {rank}")
+    records = collect_ffn(model, seqs, max_tokens=max_tokens, inputs=True, batch_size=batch_size, seed=seed)
+    per_neuron = neuron_thresholds(model, layer_thresholds) if layer_thresholds is not None else None
+    predictors, metrics = [], []
+    for j, (x, a) in enumerate(zip(records.inputs, records.acts)):
+        thr = per_neuron[j] if per_neuron is not None else 0.0
+        predictor, m = train_predictor(x, a.abs() > thr, rank, seed=seed, layer=j, **train_kwargs)
+        predictors.append(predictor)
+        metrics.append(m)
+    return predictors, metrics
+
+
 def predictivity(
     model: nn.Module,
     seqs: torch.Tensor,
@@ -148,16 +177,14 @@ def predictivity(
     seed: int = 0,
     **train_kwargs,
 ) -> list[PredictorMetrics]:
-    """Train and evaluate one predictor per FFN layer.
-
-    Labels are "active": |a_i| above the per-neuron threshold of `layer_thresholds` (e.g. a CETT-0.2 search,
-    `report.thresholds`), or a_i ≠ 0 when None (natural sparsity of ReLU-family models).
-    """
-    records = collect_ffn(model, seqs, max_tokens=max_tokens, inputs=True, batch_size=batch_size, seed=seed)
-    per_neuron = neuron_thresholds(model, layer_thresholds) if layer_thresholds is not None else None
-    out = []
-    for j, (x, a) in enumerate(zip(records.inputs, records.acts)):
-        thr = per_neuron[j] if per_neuron is not None else 0.0
-        labels = a.abs() > thr
-        out.append(train_predictor(x, labels, rank, seed=seed, layer=j, **train_kwargs)[1])
-    return out
+    """Held-out metrics of one predictor per FFN layer (`fit_predictors` without keeping the predictors)."""
+    return fit_predictors(
+        model,
+        seqs,
+        rank,
+        layer_thresholds=layer_thresholds,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        **train_kwargs,
+    )[1]
