@@ -25,6 +25,32 @@ def register(subparsers) -> None:
         metavar="KEY=VALUE",
         help="policy option, e.g. n_stabilizers=8",
     )
+    sparse = p.add_argument_group(
+        "sparse FFN (prefill dense; every one-token decode step through densa.kernels.sparse_ffn)"
+    )
+    sparse.add_argument(
+        "--sparsity",
+        metavar="REPORT",
+        default=None,
+        help="sparsity.json from `densa sparsity measure`, or comma-separated per-layer CETT thresholds "
+        "(0,0,...: exact for a ReLU model)",
+    )
+    sparse.add_argument(
+        "--predictors",
+        metavar="FILE",
+        default=None,
+        help="per-layer neuron predictors from `densa sparsity predictors` (needs --sparsity): "
+        "only the predicted rows of every FFN weight are read",
+    )
+    sparse.add_argument(
+        "--sparse-backend",
+        choices=("auto", "torch", "triton", "reference"),
+        default="auto",
+        help="sparse_ffn backend (default: %(default)s; triton needs --device cuda)",
+    )
+    sparse.add_argument(
+        "--device", default="cpu", help="device for the sparse path, e.g. cuda (default: %(default)s)"
+    )
     p.set_defaults(handler=_handler)
 
 
@@ -38,6 +64,7 @@ def _handler(args) -> int:
 
     if args.max_new_tokens < 1 or not 0 < args.top_p <= 1 or args.temperature < 0:
         raise DensaError("need --max-new-tokens >= 1, 0 < --top-p <= 1 and --temperature >= 0")
+    thresholds = _check_sparse_args(args)  # before loading the model
     model = load_model(args.model)
     tok_path = args.tokenizer or find_tokenizer(args.model)
     if tok_path is None:
@@ -48,6 +75,10 @@ def _handler(args) -> int:
         ids = [tok.bos_id, *ids]
     if not ids:
         raise DensaError("the prompt encodes to no tokens")
+    if thresholds is not None:
+        new = _generate_sparse(model, ids, args, tok, thresholds)
+        print(tok.decode(_strip_bos(ids, tok, args) + new))
+        return 0
     if args.kv_policy is not None:
         new = _generate_with_policy(model, ids, args, tok.eos_id)
         print(tok.decode(_strip_bos(ids, tok, args) + new))
@@ -78,19 +109,10 @@ def _generate_with_policy(model, ids: list[int], args, eos_id: int | None) -> li
     import sys
 
     import torch
-    import yaml
 
-    from densa.errors import DensaError
     from densa.longctx import build_policy, generate_with_policy
 
-    options = {}
-    for item in args.kv_option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise DensaError(f"--kv-option {item!r}: expected KEY=VALUE")
-        options[key] = yaml.safe_load(value)
-    if args.heads is not None:
-        options["heads"] = args.heads
+    options = _kv_options(args)
     if args.temperature > 0:
         print(
             "densa generate: KV-policy generation decodes greedily; --temperature is ignored", file=sys.stderr
@@ -109,3 +131,105 @@ def _generate_with_policy(model, ids: list[int], args, eos_id: int | None) -> li
     if eos_id is not None and eos_id in new:
         new = new[: new.index(eos_id)]
     return new
+
+
+def _kv_options(args) -> dict:
+    import yaml
+
+    from densa.errors import DensaError
+
+    options = {}
+    for item in args.kv_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise DensaError(f"--kv-option {item!r}: expected KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    if args.heads is not None:
+        options["heads"] = args.heads
+    return options
+
+
+def _check_sparse_args(args) -> list[float] | None:
+    """The --sparsity layer thresholds (None: dense path); errors for flags that need --sparsity."""
+    import torch
+
+    from densa.errors import DensaError
+    from densa.launch.commands.sparsity import parse_thresholds
+
+    if args.sparsity is None:
+        if args.predictors is not None:
+            raise DensaError(
+                "--predictors needs --sparsity (e.g. --sparsity 0,0,0,0 for exact ReLU thresholds)"
+            )
+        if args.sparse_backend != "auto" or args.device != "cpu":
+            raise DensaError("--sparse-backend and --device apply to the sparse path; add --sparsity")
+        return None
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise DensaError(f"--device {args.device}: CUDA is not available")
+    if args.sparse_backend == "triton" and not args.device.startswith("cuda"):
+        raise DensaError("--sparse-backend triton needs --device cuda")
+    return parse_thresholds(args.sparsity, "--sparsity")
+
+
+def _generate_sparse(model, ids: list[int], args, tok, thresholds: list[float]) -> list[int]:
+    """Decode through InferenceEngine with ffn="sparse" (sampling as --temperature/--top-p say; under
+    --kv-policy too, since the engine samples inside a KV policy session); stats line on stderr."""
+    import sys
+
+    from densa.errors import DensaError
+    from densa.inference import GenerationConfig, InferenceEngine
+    from densa.sparsity.predictor_io import read_predictors_metadata
+
+    engine = InferenceEngine(model.to(args.device), tok)
+    n_layers = model.config.n_layers
+    if len(thresholds) != n_layers:
+        raise DensaError(
+            f"--sparsity {args.sparsity}: {len(thresholds)} layer thresholds, the model has {n_layers} layers"
+        )
+    engine.set_sparsity(thresholds)
+    if args.predictors is not None:
+        engine.set_predictors(args.predictors)  # SparsityError naming the file on a shape mismatch
+        trained_for = read_predictors_metadata(args.predictors).get("layer_thresholds")
+        if trained_for is not None and [float(t) for t in trained_for] != thresholds:
+            # Still usable, but recall is measured against --sparsity's rule, not the one they learned.
+            print(
+                f"densa generate: note: {args.predictors} was trained for thresholds {trained_for}, "
+                f"--sparsity gives {thresholds}",
+                file=sys.stderr,
+            )
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        add_bos=False,  # ids already carry BOS as --no-bos says
+    )
+    kv = {}
+    if args.kv_policy is not None:
+        kv = dict(
+            kv_policy=args.kv_policy, kv_budget=args.budget, kv_chunk=args.chunk, kv_options=_kv_options(args)
+        )
+    out = engine.generate(
+        [ids], config, ffn="sparse", sparse_backend=args.sparse_backend, track_sparsity=True, **kv
+    )
+    stats = out.stats
+
+    def per_layer(values: list[float] | None) -> str:
+        return "[" + ", ".join(f"{v:.3f}" for v in values or []) + "]"
+
+    print(
+        f"densa generate: sparse FFN ({args.sparse_backend} backend, "
+        f"{'predictors ' + args.predictors if args.predictors else 'no predictors'}): "
+        f"activation ratio {per_layer(stats.activation_ratio)}, read ratio {per_layer(stats.read_ratio)}, "
+        f"predictor recall {per_layer(stats.predictor_recall)}; "
+        f"{stats.decode_tokens_per_s:.1f} decode tok/s",
+        file=sys.stderr,
+    )
+    for policy_stats in stats.kv:
+        print(
+            f"densa generate: policy {args.kv_policy}, budget {args.budget}, chunk {args.chunk}: "
+            f"peak {policy_stats.peak_kv_tokens} KV entries for {policy_stats.tokens_seen} tokens, "
+            f"{policy_stats.evictions} evictions",
+            file=sys.stderr,
+        )
+    return out.generations[0].token_ids

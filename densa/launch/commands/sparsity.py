@@ -1,4 +1,5 @@
-"""`densa sparsity measure`: PPL-p% activation sparsity of a model → JSON report, markdown, PNG plots."""
+"""`densa sparsity measure`: PPL-p% activation sparsity of a model → JSON report, markdown, PNG plots.
+`densa sparsity predictors`: per-layer low-rank neuron predictors for `densa generate --predictors`."""
 
 from __future__ import annotations
 
@@ -34,6 +35,31 @@ def register(subparsers) -> None:
     m.add_argument("--batch-size", type=int, default=8)
     m.add_argument("--out", default="sparsity_report", help="output folder")
     m.set_defaults(handler=_measure)
+    pr = sub.add_parser(
+        "predictors", help="train per-layer low-rank predictors of active FFN neurons (Deja Vu)"
+    )
+    pr.add_argument("--model", required=True, help="densa model folder or HF model folder")
+    pr.add_argument(
+        "--data", required=True, help=".bin/.idx prefix (densa data preprocess) or a UTF-8 text file"
+    )
+    pr.add_argument("--rank", type=int, required=True, help="predictor rank r (d → r → ffn_dim)")
+    pr.add_argument("--out", required=True, help="predictors file to write (.safetensors)")
+    pr.add_argument(
+        "--thresholds",
+        metavar="REPORT",
+        help="sparsity.json (or comma-separated layer thresholds) defining 'active'; default: non-zero",
+    )
+    pr.add_argument("--tokenizer", help="tokenizer for a text --data (default: the model folder's)")
+    pr.add_argument("--seq-len", type=int, default=256)
+    pr.add_argument(
+        "--num-tokens", type=int, default=8192, help="tokens whose FFN inputs train the predictors"
+    )
+    pr.add_argument("--epochs", type=int, default=20, help="at most; early stopping as in Deja Vu")
+    pr.add_argument("--lr", type=float, default=1e-3)
+    pr.add_argument("--val-fraction", type=float, default=0.05, help="held out for the reported metrics")
+    pr.add_argument("--batch-size", type=int, default=8, help="sequences per forward when collecting inputs")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.set_defaults(handler=_predictors)
 
 
 def _load_model(path: str):
@@ -41,6 +67,8 @@ def _load_model(path: str):
     from densa.models.checkpoint_io import is_densa_checkpoint, load_transformer
     from densa.models.hf.importer import is_hf_folder, load_hf_model
 
+    if not Path(path).exists():
+        raise CheckpointError(f"{path}: no such model folder")
     if is_densa_checkpoint(path):
         return load_transformer(path)
     if is_hf_folder(path):
@@ -116,3 +144,99 @@ def _measure(args: argparse.Namespace) -> int:
     print(report.to_markdown())
     print(f"wrote {out}/sparsity.json, sparsity.md, sparsity_per_layer.png, ppl_vs_sparsity.png")
     return 0
+
+
+def parse_thresholds(value: str, option: str) -> list[float]:
+    """Layer thresholds from a sparsity.json path or a comma-separated list (`0,0,0,0`)."""
+    import json
+
+    from densa.errors import DensaError
+    from densa.sparsity import SparsityReport
+
+    path = Path(value)
+    if path.is_file():
+        try:
+            return SparsityReport.from_dict(json.loads(path.read_text(encoding="utf-8"))).thresholds
+        except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+            raise DensaError(
+                f"{option} {path}: not a sparsity report from `densa sparsity measure` ({err!r})"
+            ) from None
+    try:
+        thresholds = [float(t) for t in value.split(",")]
+    except ValueError:
+        raise DensaError(
+            f"{option} {value}: no such file, and not comma-separated thresholds such as 0,0,0,0"
+        ) from None
+    if any(not t >= 0 for t in thresholds):  # also rejects nan
+        raise DensaError(f"{option} {value}: thresholds must be >= 0")
+    return thresholds
+
+
+def _predictors(args: argparse.Namespace) -> int:
+    import json
+    import math
+    import os
+
+    from densa.errors import DensaError
+    from densa.sparsity import make_sequences
+    from densa.sparsity.predictor import fit_predictors
+    from densa.sparsity.predictor_io import save_predictors
+
+    if args.rank < 1:
+        raise DensaError(f"--rank must be >= 1, got {args.rank}")
+    if args.epochs < 1 or not 0 < args.val_fraction < 1:
+        raise DensaError("need --epochs >= 1 and 0 < --val-fraction < 1")
+    thresholds = parse_thresholds(args.thresholds, "--thresholds") if args.thresholds else None
+    model = _load_model(args.model)
+    n_layers = model.config.n_layers
+    if thresholds is not None and len(thresholds) != n_layers:
+        raise DensaError(
+            f"--thresholds {args.thresholds}: {len(thresholds)} layer thresholds, "
+            f"the model has {n_layers} layers"
+        )
+    need = math.ceil(args.num_tokens / args.seq_len) * (args.seq_len + 1)
+    seqs = make_sequences(_load_tokens(args, need), args.seq_len, args.num_tokens)
+    predictors, metrics = fit_predictors(
+        model,
+        seqs,
+        args.rank,
+        layer_thresholds=thresholds,
+        max_tokens=None,  # every token of --num-tokens
+        batch_size=args.batch_size,
+        seed=args.seed,
+        epochs=args.epochs,
+        lr=args.lr,
+        val_fraction=args.val_fraction,
+    )
+    print(f"| layer | recall | precision | true sparsity | predicted sparsity | cost (rank {args.rank}) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for m, p in zip(metrics, predictors, strict=True):
+        print(
+            f"| {m.layer} | {m.recall:.3f} | {m.precision:.3f} | {m.true_sparsity:.2%} | "
+            f"{m.predicted_sparsity:.2%} | {p.cost_ratio:.3f} |"
+        )
+    out = save_predictors(args.out, predictors, layer_thresholds=thresholds, metrics=metrics)
+    # The file's header already holds the metrics; the JSON is for reading them without safetensors.
+    summary = {
+        "predictors": out.name,
+        "model": Path(args.model).name,
+        "data": Path(args.data).name,
+        "rank": args.rank,
+        "num_tokens": int(seqs.shape[0] * args.seq_len),
+        "layer_thresholds": thresholds,
+        "mean_recall": sum(m.recall for m in metrics) / len(metrics),
+        "mean_predicted_sparsity": sum(m.predicted_sparsity for m in metrics) / len(metrics),
+        "layers": [m.to_dict() for m in metrics],
+    }
+    metrics_path = metrics_path_for(out)
+    tmp = metrics_path.with_name(f".{metrics_path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(metrics_path)
+    print(f"wrote {out} and {metrics_path}")
+    return 0
+
+
+def metrics_path_for(predictors_path: str | Path) -> Path:
+    """`p.safetensors` → `p.metrics.json`, next to it."""
+    path = Path(predictors_path)
+    return path.with_name(f"{path.stem}.metrics.json")
