@@ -54,7 +54,7 @@ from densa.inference import GenerationConfig, InferenceEngine  # noqa: E402
 from densa.kernels import SparseFFNWeights, sparse_ffn, sparse_ffn_reference  # noqa: E402
 from densa.models.checkpoint_io import build_transformer  # noqa: E402
 from densa.models.transformer import Transformer  # noqa: E402
-from densa.sparsity import make_sequences, ppl_p_sparsity  # noqa: E402
+from densa.sparsity import LowRankPredictor, make_sequences, ppl_p_sparsity  # noqa: E402
 from densa.train.checkpoint import checkpoint_weights, complete_checkpoints  # noqa: E402
 
 NAME = "sparse_decode"
@@ -62,7 +62,9 @@ DATA = "runs/quickstart/data"
 TOKENIZER = "runs/quickstart/tokenizer/tokenizer.model"
 SPARSING_LAW_RUNS = {"relu": "runs/sparsing_law/full/relu", "relu2": "runs/sparsing_law/full/relu2"}
 LABELS = {"relu": "ReLU", "relu2": "ReLU²"}
-KINDS = ("exact", "ppl1")
+KINDS = ("exact", "ppl1", "pred")
+"""exact: t = 0; ppl1: PPL-1% CETT thresholds; pred: t = 0 with trained low-rank predictors (all projections
+sparse, neurons the predictor misses are lost)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,10 @@ class Setup:
     big_dim: int
     big_layers: int
     big_repeats: int
+    pred_rank: int
+    """Rank of the trained models' low-rank predictors (the `pred` path)."""
+    big_pred_rank: int
+    """Predictor rank charged at the realistic shape (d/16, untrained: only its cost is real)."""
     train_overrides: tuple[str, ...]
     """`--set` overrides of recipes/quickstart.yaml for the fallback ReLU² model."""
 
@@ -91,6 +97,8 @@ FULL = Setup(
     big_dim=2048,
     big_layers=8,
     big_repeats=21,
+    pred_rank=64,
+    big_pred_rank=128,
     train_overrides=(*FALLBACK, "model.ffn_dim=1536", "train.steps=150"),
 )
 QUICK = Setup(
@@ -103,6 +111,8 @@ QUICK = Setup(
     big_dim=1024,
     big_layers=4,
     big_repeats=3,
+    pred_rank=16,
+    big_pred_rank=64,
     train_overrides=(
         *FALLBACK,
         "model.dim=128",
@@ -197,8 +207,8 @@ def ffn_removed(model: Transformer) -> Iterator[None]:
 
 def generate_each(
     engine: InferenceEngine, prompts: list[list[int]], gen: GenerationConfig, ffn: str, **kwargs: Any
-) -> tuple[list[list[int]], float, int, list[list[float]]]:
-    """Batch-1 generation of every prompt: (tokens, decode s, new tokens, per-prompt activation ratios)."""
+) -> tuple[list[list[int]], float, int, list[Any]]:
+    """Batch-1 generation of every prompt: (tokens, decode s, new tokens, per-prompt GenerationStats)."""
     tokens, seconds, count, ratios = [], 0.0, 0, []
     for prompt in prompts:
         out = engine.generate([prompt], gen, ffn=ffn, **kwargs)  # type: ignore[arg-type]
@@ -206,7 +216,7 @@ def generate_each(
         seconds += out.stats.decode_s
         count += out.stats.new_tokens
         if out.stats.activation_ratio is not None:
-            ratios.append(out.stats.activation_ratio)
+            ratios.append(out.stats)
     return tokens, seconds, count, ratios
 
 
@@ -234,25 +244,42 @@ def measure_model(
     t0 = time.perf_counter()
     report = ppl_p_sparsity(model, calib, p=1.0)
     calib_s = time.perf_counter() - t0
-    thresholds = {"exact": [0.0] * n_layers, "ppl1": report.thresholds}
+    thresholds = {"exact": [0.0] * n_layers, "ppl1": report.thresholds, "pred": [0.0] * n_layers}
     print(
         f"[{NAME}] {variant}: PPL-1% c={report.cett_target:.3f}, calibration sparsity "
         f"{report.sparsity:.1%}, ppl ratio {report.ppl_ratio:.4f} ({calib_s:.0f} s)",
         flush=True,
     )
+    t0 = time.perf_counter()
+    pred_metrics = engine.fit_predictors(calib, s.pred_rank)  # labels: a_i != 0 (no thresholds set yet)
+    predictors, pred_s = engine.predictors, time.perf_counter() - t0
+    print(
+        f"[{NAME}] {variant}: rank-{s.pred_rank} predictors, held-out recall "
+        f"{', '.join(f'{m.recall:.3f}' for m in pred_metrics)} ({pred_s:.0f} s)",
+        flush=True,
+    )
 
+    def use(kind: str) -> None:
+        engine.set_sparsity(thresholds[kind])
+        engine.set_predictors(predictors if kind == "pred" else None)
+
+    engine.set_predictors(None)
     dense_tokens, _, _, _ = generate_each(engine, prompts, gen, "dense")
     checks: dict[str, Any] = {}
     for kind in KINDS:
-        engine.set_sparsity(thresholds[kind])
-        out, _, _, ratios = generate_each(engine, prompts, gen, "sparse", track_sparsity=True)
-        per_layer = [sum(r[j] for r in ratios) / len(ratios) for j in range(n_layers)]
+        use(kind)
+        out, _, _, stats = generate_each(engine, prompts, gen, "sparse", track_sparsity=True)
+        per_layer = [sum(st.activation_ratio[j] for st in stats) / len(stats) for j in range(n_layers)]
+        read = [sum(st.read_ratio[j] for st in stats) / len(stats) for j in range(n_layers)]
+        recall = [sum(st.predictor_recall[j] for st in stats) / len(stats) for j in range(n_layers)]
         checks[kind] = {
             "identical_prompts": sum(a == b for a, b in zip(out, dense_tokens)),
             "prompts": len(prompts),
             "mean_matching_prefix": sum(prefix_match(a, b) for a, b in zip(out, dense_tokens))
             / (len(prompts) * s.new_tokens),
             "activation_ratio_per_layer": per_layer,
+            "read_ratio_per_layer": read,
+            "predictor_recall_per_layer": recall,
             "sparsity": 1 - sum(per_layer) / n_layers,
         }
 
@@ -269,7 +296,7 @@ def measure_model(
 
     def sparse(kind: str) -> Callable[[], tuple[Any, float, int, Any]]:
         def run() -> tuple[Any, float, int, Any]:
-            engine.set_sparsity(thresholds[kind])
+            use(kind)
             return generate_each(engine, prompts, gen, "sparse")
 
         return run
@@ -282,6 +309,7 @@ def measure_model(
         "dense": timed("dense", lambda: generate_each(engine, prompts, gen, "dense")),
         "sparse_exact": timed("sparse_exact", sparse("exact")),
         "sparse_ppl1": timed("sparse_ppl1", sparse("ppl1")),
+        "sparse_pred": timed("sparse_pred", sparse("pred")),
         "no_ffn": timed("no_ffn", no_ffn),
     }
     time_interleaved(fns, repeats=s.repeats, warmup=1)
@@ -337,6 +365,12 @@ def measure_model(
             "thresholds": report.thresholds,
             "seconds": calib_s,
         },
+        "predictors": {
+            "rank": s.pred_rank,
+            "cost_ratio": predictors[0].cost_ratio,  # type: ignore[index]
+            "seconds": pred_s,
+            "held_out": [m.to_dict() for m in pred_metrics],
+        },
         "checks": checks,
         "decode_tokens_per_s": tok_s,
         "decode_ms_per_token": ms,
@@ -349,10 +383,18 @@ def measure_model(
 # ------------------------------------------------------------------------------------------- big shape
 
 
-def bench_big_shape(s: Setup, ratios: list[float], repeats: int) -> dict[str, Any]:
-    """Plain ReLU² FFN at d=s.big_dim, d_ff=4d, batch 1: layer j active on the fraction ratios[j % len]."""
+def bench_big_shape(
+    s: Setup, ratios: list[float], repeats: int, read_ratios: list[float] | None = None
+) -> dict[str, Any]:
+    """Plain ReLU² FFN at d=s.big_dim, d_ff=4d, batch 1: layer j active on the fraction ratios[j % len].
+
+    With `read_ratios` also the predictor path: an untrained rank-`big_pred_rank` predictor runs (its cost is
+    real, its output only picks the set's size) and the kernel reads a set of read_ratios[j] · d_ff rows that
+    contains every active row (the trained predictor's measured read ratio, with its misses ignored).
+    """
     dim, ffn_dim = s.big_dim, 4 * s.big_dim
     gen = torch.Generator().manual_seed(0)
+    predictors, predicted = [], []
     layers = []
     for j in range(s.big_layers):
         up = torch.randn(ffn_dim, dim, generator=gen) / dim**0.5
@@ -365,6 +407,12 @@ def bench_big_shape(s: Setup, ratios: list[float], repeats: int) -> dict[str, An
         t = float(top[-1]) if k < ffn_dim else -1.0  # keeps the k largest (fewer when act has fewer > 0)
         idx = (act.flatten() > t).nonzero().squeeze(1)
         layers.append((up, down, w, x, t, idx))
+        if read_ratios is not None:
+            extra = round(read_ratios[j % len(read_ratios)] * ffn_dim) - idx.numel()
+            rest = (act.flatten() <= t).nonzero().squeeze(1)
+            pick = rest[torch.randperm(rest.numel(), generator=gen)[: max(extra, 0)]]
+            predicted.append(torch.cat([idx, pick]).sort().values)
+            predictors.append(LowRankPredictor(dim, ffn_dim, s.big_pred_rank).eval())
     up, down, w, x, t, idx = layers[0]
     ref = sparse_ffn_reference(x, w, thresholds=t, activation="relu2")
     for kwargs in ({"thresholds": t}, {"active_idx": idx}):
@@ -378,6 +426,12 @@ def bench_big_shape(s: Setup, ratios: list[float], repeats: int) -> dict[str, An
 
         return run
 
+    def predicted_path() -> None:
+        for (_, _, w, x, _, _), predictor, idx in zip(layers, predictors, predicted, strict=True):
+            with torch.no_grad():
+                (predictor(x) >= 0).any(dim=0).nonzero()  # the set the engine would build (cost only)
+            sparse_ffn(x, w, active_idx=idx, activation="relu2")
+
     fns = {
         "dense": over(lambda up, down, w, x, t, idx: F.linear(torch.relu(F.linear(x, up)).square(), down)),
         "sparse_thr": over(lambda up, down, w, x, t, idx: sparse_ffn(x, w, thresholds=t, activation="relu2")),
@@ -385,6 +439,8 @@ def bench_big_shape(s: Setup, ratios: list[float], repeats: int) -> dict[str, An
             lambda up, down, w, x, t, idx: sparse_ffn(x, w, active_idx=idx, activation="relu2")
         ),
     }
+    if read_ratios is not None:
+        fns["sparse_pred"] = predicted_path
     times = time_interleaved(fns, repeats=repeats, warmup=1)
     ms = {name: 1e3 * median(ts) / len(layers) for name, ts in times.items()}
     active = sum(layer[5].numel() for layer in layers) / (len(layers) * ffn_dim)
@@ -392,7 +448,10 @@ def bench_big_shape(s: Setup, ratios: list[float], repeats: int) -> dict[str, An
     bound_ffn, bound_thr = 1 / (1 - sp), 2 / (2 - sp)
     out: dict[str, Any] = {"dim": dim, "ffn_dim": ffn_dim, "sparsity": sp, "ms_per_layer": ms}
     out |= {"bound_ffn": bound_ffn, "bound_threshold_path": bound_thr}
-    for name in ("sparse_thr", "sparse_idx"):
+    if read_ratios is not None:
+        out["read_ratio"] = sum(p.numel() for p in predicted) / (len(layers) * ffn_dim)
+        out["predictor_rank"] = s.big_pred_rank
+    for name in [n for n in ("sparse_thr", "sparse_idx", "sparse_pred") if n in ms]:
         speedup = ms["dense"] / ms[name]
         out[name] = {
             "speedup": speedup,
@@ -405,7 +464,16 @@ def bench_big_shape(s: Setup, ratios: list[float], repeats: int) -> dict[str, An
 # ------------------------------------------------------------------------------------------- report
 
 
+def pred_summary(b: dict) -> str:
+    if "sparse_pred" not in b:
+        return ""
+    p = b["sparse_pred"]
+    return f", pred {p['speedup']:.2f}x ({p['fraction_of_ffn_bound']:.0%})"
+
+
 def big_cell(b: dict, k: str) -> str:
+    if k not in b:
+        return "—"
     thr = f", {b[k]['fraction_of_threshold_path_bound']:.0%}" if k == "sparse_thr" else ""
     return f"{b['ms_per_layer'][k]:.2f} ({b[k]['speedup']:.2f}x, {b[k]['fraction_of_ffn_bound']:.0%}{thr})"
 
@@ -420,7 +488,9 @@ def markdown(results: list[dict], big: list[dict], config: dict, machine: dict, 
         f"({machine['processor']}, {machine['cpu_count']} cores shared with other jobs); dense / sparse / "
         f"no-FFN alternated call by call, medians of {s['repeats']} repeats. Thresholds: `exact` = t 0 "
         "(natural zeros), `ppl1` = PPL-1% CETT thresholds calibrated on "
-        f"{s['calib_tokens']} held-out tokens disjoint from the prompts. No GPU was available for this run.",
+        f"{s['calib_tokens']} held-out tokens disjoint from the prompts, `pred` = t 0 with rank-"
+        f"{s['pred_rank']} low-rank predictors trained on the same tokens (Deja Vu; only the predicted rows "
+        "of every projection are read, missed neurons are lost). No GPU was available for this run.",
         "",
         "s = decode sparsity (mean over layers, measured on the decode steps). Bounds: FFN 1/(1−s); the "
         "threshold path of a plain FFN reads the up projection densely to find the active set, so its "
@@ -442,7 +512,8 @@ def markdown(results: list[dict], big: list[dict], config: dict, machine: dict, 
                 f"{r['decode_tokens_per_s']['dense']:.0f} | {row['decode_tokens_per_s']:.0f} | "
                 f"{row['e2e_speedup']:.2f}x | {row['bound_e2e']:.2f}x | {row['fraction_of_e2e_bound']:.0%} | "
                 f"{r['ffn_share']:.0%} | {row['ffn_speedup_in_decode']:.2f}x | "
-                f"{row['fraction_of_ffn_bound']:.0%} | {row['fraction_of_threshold_path_bound']:.0%} |"
+                f"{row['fraction_of_ffn_bound']:.0%} | "
+                + (f"{row['fraction_of_threshold_path_bound']:.0%} |" if kind != "pred" else "— |")
             )
     lines += [
         "",
@@ -465,6 +536,26 @@ def markdown(results: list[dict], big: list[dict], config: dict, machine: dict, 
             f"| {LABELS[r['variant']]} | {p['cett_target']:.3f} | {p['calibration_sparsity']:.1%} | "
             f"{p['ppl_ratio']:.4f} | {per} |"
         )
+    lines += [
+        "",
+        "Predictors (`pred`): held-out recall on the calibration tokens, and on the decode steps the "
+        "fraction of neurons read (the predicted set) against the fraction truly active, and recall.",
+        "",
+        "| model | rank | cost vs one FFN matrix | held-out recall per layer "
+        "| decode read / active per layer | decode recall per layer |",
+        "|---|---:|---:|---|---|---|",
+    ]
+    for r in results:
+        p, chk = r["predictors"], r["checks"]["pred"]
+        held = ", ".join(f"{m['recall']:.3f}" for m in p["held_out"])
+        read = ", ".join(
+            f"{a:.1%}/{b:.1%}"
+            for a, b in zip(chk["read_ratio_per_layer"], chk["activation_ratio_per_layer"], strict=True)
+        )
+        rec = ", ".join(f"{a:.3f}" for a in chk["predictor_recall_per_layer"])
+        lines.append(
+            f"| {LABELS[r['variant']]} | {p['rank']} | {p['cost_ratio']:.1%} | {held} | {read} | {rec} |"
+        )
     b0 = big[0]
     mib = config["big_layers"] * 8 * b0["dim"] ** 2 * 4 / 2**20
     lines += [
@@ -478,16 +569,19 @@ def markdown(results: list[dict], big: list[dict], config: dict, machine: dict, 
         f"layer j mod n_layers; medians of {s['big_repeats']} repeats, ms per layer. `thr`: the engine's "
         "path (exact threshold, up projection dense, W_down rows of the active set; bound 2/(2−s)); `idx`: "
         "the same kernel given the active set, i.e. a free, perfect predictor (all projections sparse; "
-        "bound 1/(1−s)). Cells: ms (speedup, fraction of 1/(1−s)[, fraction of 2/(2−s) for `thr`]).",
+        "bound 1/(1−s)); `pred` (row `pred` only): an untrained rank-"
+        f"{s['big_pred_rank']} predictor is run each step for its cost and the kernel reads a set of the "
+        "trained predictor's measured decode read ratio that holds every active row. "
+        "Cells: ms (speedup, fraction of 1/(1−s)[, fraction of 2/(2−s) for `thr`]).",
         "",
-        "| sparsity from | s | 1/(1−s) | 2/(2−s) | dense ms | thr | idx |",
-        "|---|---:|---:|---:|---:|---|---|",
+        "| sparsity from | s | 1/(1−s) | 2/(2−s) | dense ms | thr | idx | pred |",
+        "|---|---:|---:|---:|---:|---|---|---|",
     ]
     for b in big:
         lines.append(
             f"| {LABELS[b['variant']]} {b['kind']} | {b['sparsity']:.1%} | {b['bound_ffn']:.1f}x | "
             f"{b['bound_threshold_path']:.2f}x | {b['ms_per_layer']['dense']:.2f} | "
-            f"{big_cell(b, 'sparse_thr')} | {big_cell(b, 'sparse_idx')} |"
+            f"{big_cell(b, 'sparse_thr')} | {big_cell(b, 'sparse_idx')} | {big_cell(b, 'sparse_pred')} |"
         )
     cmd = "python benchmarks/sparse_decode/run.py" + (" --quick" if quick else "")
     cmd += " --own-model" if config.get("own_model") else ""
@@ -513,11 +607,13 @@ def main() -> None:
     for r in results:
         for kind in KINDS:
             ratios = r["checks"][kind]["activation_ratio_per_layer"]
-            b = bench_big_shape(s, ratios, s.big_repeats) | {"variant": r["variant"], "kind": kind}
+            read = r["checks"][kind]["read_ratio_per_layer"] if kind == "pred" else None
+            b = bench_big_shape(s, ratios, s.big_repeats, read) | {"variant": r["variant"], "kind": kind}
             print(
                 f"[{NAME}] big shape, {r['variant']} {kind}: s={b['sparsity']:.1%}, dense "
                 f"{b['ms_per_layer']['dense']:.2f} ms, thr {b['sparse_thr']['speedup']:.2f}x, "
-                f"idx {b['sparse_idx']['speedup']:.2f}x ({b['sparse_idx']['fraction_of_ffn_bound']:.0%})",
+                f"idx {b['sparse_idx']['speedup']:.2f}x ({b['sparse_idx']['fraction_of_ffn_bound']:.0%})"
+                f"{pred_summary(b)}",
                 flush=True,
             )
             big.append(b)
