@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["densa", "densa.*"]),
-    package_data={"densa": ["py.typed", "models/hf/remote_code/*.py"]},
+    package_data={"densa": ["py.typed", "models/hf/remote_code/*.py", "kernels/csrc/*.c"]},
     install_requires=[
         "torch==2.13.0",
         "numpy",

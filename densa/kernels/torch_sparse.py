@@ -1,7 +1,9 @@
-"""Pure-torch sparse FFN: gather the active rows, then small matmuls. The path that runs on CPU.
+"""CPU sparse FFN: read only the active rows, then small products. The path that runs on CPU.
 
 Row gathers only (see weights.py): gate/up rows of the row-major [ffn_dim, dim] weights and rows of the
 neuron-major `down_t`, so every skipped neuron is a contiguous block of memory that is never read.
+fp32 rows go through the native kernels (native_cpu.py: no gathered copy, 8 rows in flight) when they
+could be built; otherwise, and for fp16/bf16, through torch's index_select/embedding_bag.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from densa.kernels import native_cpu
 from densa.kernels.reference import Thresholds, check_inputs, get_activation, neuron_mask, threshold_vector
 from densa.kernels.weights import SparseFFNWeights
 
@@ -26,6 +29,8 @@ def _chunk_rows(weight: torch.Tensor) -> int:
 
 def gather_matmul(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x [N, dim] @ weight[idx].T -> [N, K]: an output-sparse projection reading only rows idx."""
+    if native_cpu.supports(x, weight) and native_cpu.available():
+        return native_cpu.gather_dot(x, weight, idx)
     rows = _chunk_rows(weight)
     if idx.numel() <= rows:
         return x @ weight.index_select(0, idx).T
@@ -41,11 +46,14 @@ def gather_matmul(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> t
 def gather_down(h: torch.Tensor, idx: torch.Tensor, down_t: torch.Tensor) -> torch.Tensor:
     """out[b] = sum_k h[b, k] * down_t[idx[k]]: h [N, K] over the rows idx [K] of down_t [ffn_dim, dim].
 
-    One token: embedding_bag(sum, per-sample weights) streams each row once straight into the accumulator,
-    with no gathered copy. Several tokens: chunked gather + addmm, so each row is read once for all tokens.
+    fp32 with the native kernels: one pass, 8 rows at a time. Otherwise, one token: embedding_bag (sum,
+    per-sample weights) streams each row into the accumulator without a gathered copy; several tokens:
+    chunked gather + addmm, so each row is read once for all tokens.
     """
     if idx.numel() == 0:
         return h.new_zeros(h.shape[0], down_t.shape[1])
+    if native_cpu.supports(h, down_t) and native_cpu.available():
+        return native_cpu.gather_axpy(h, idx, down_t)
     if h.shape[0] == 1:
         return F.embedding_bag(idx.view(1, -1), down_t, per_sample_weights=h.view(1, -1), mode="sum")
     rows = _chunk_rows(down_t)

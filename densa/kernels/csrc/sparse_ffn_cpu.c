@@ -1,0 +1,97 @@
+/* Row-gather kernels for sparse-FFN decode on CPU (fp32), called from densa/kernels/native_cpu.py.
+ *
+ * Decode reads each active weight row once, so the kernels are memory bound. Two things make a gather
+ * reach streaming bandwidth: no gathered copy (each row is consumed where it lies), and several rows read
+ * at once, so several independent memory streams are in flight (one row at a time leaves a single core
+ * waiting on one stream; ROWS = 8 streams measured ~2x faster than one, see docs/kernels.md).
+ *
+ * gather_dot:  out[n, k] = dot(W[idx[k], :], x[n, :])              (gate/up rows of the active set)
+ * gather_axpy: out[n, :] += sum_k h[n, k] * Wt[idx[k], :]           (rows of the transposed down projection)
+ */
+#include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define ROWS 8
+
+static void dot_rows(const float *const *r, int nr, const float *x, int64_t d, float *out, int64_t out_stride) {
+    if (nr == ROWS) {
+        const float *r0 = r[0], *r1 = r[1], *r2 = r[2], *r3 = r[3], *r4 = r[4], *r5 = r[5], *r6 = r[6], *r7 = r[7];
+        float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f, a4 = 0.f, a5 = 0.f, a6 = 0.f, a7 = 0.f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3, a4, a5, a6, a7)
+        for (int64_t j = 0; j < d; j++) {
+            const float xj = x[j];
+            a0 += r0[j] * xj; a1 += r1[j] * xj; a2 += r2[j] * xj; a3 += r3[j] * xj;
+            a4 += r4[j] * xj; a5 += r5[j] * xj; a6 += r6[j] * xj; a7 += r7[j] * xj;
+        }
+        out[0] = a0; out[out_stride] = a1; out[2 * out_stride] = a2; out[3 * out_stride] = a3;
+        out[4 * out_stride] = a4; out[5 * out_stride] = a5; out[6 * out_stride] = a6; out[7 * out_stride] = a7;
+        return;
+    }
+    for (int i = 0; i < nr; i++) {
+        const float *ri = r[i];
+        float a = 0.f;
+#pragma omp simd reduction(+ : a)
+        for (int64_t j = 0; j < d; j++) a += ri[j] * x[j];
+        out[i * out_stride] = a;
+    }
+}
+
+/* W: rows of length >= d, row stride ld; idx [K]; x [N, d] contiguous; out [N, K] contiguous. */
+void densa_gather_dot_f32(const float *W, int64_t ld, const int64_t *idx, int64_t K, const float *x,
+                          int64_t N, int64_t d, float *out, int nthreads) {
+    const int64_t groups = (K + ROWS - 1) / ROWS;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t g = 0; g < groups; g++) {
+        const int64_t k0 = g * ROWS;
+        const int nr = (int)(K - k0 < ROWS ? K - k0 : ROWS);
+        const float *r[ROWS];
+        for (int i = 0; i < nr; i++) r[i] = W + idx[k0 + i] * ld;
+        /* the group's rows stay in cache across the tokens: each row is read from memory once */
+        for (int64_t n = 0; n < N; n++) dot_rows(r, nr, x + n * d, d, out + n * K + k0, 1);
+    }
+}
+
+static void axpy_rows(const float *const *r, const float *h, int64_t h_stride, int nr, int64_t lo, int64_t hi,
+                      float *out) {
+    if (nr == ROWS) {
+        const float *r0 = r[0], *r1 = r[1], *r2 = r[2], *r3 = r[3], *r4 = r[4], *r5 = r[5], *r6 = r[6], *r7 = r[7];
+        const float h0 = h[0], h1 = h[h_stride], h2 = h[2 * h_stride], h3 = h[3 * h_stride];
+        const float h4 = h[4 * h_stride], h5 = h[5 * h_stride], h6 = h[6 * h_stride], h7 = h[7 * h_stride];
+#pragma omp simd
+        for (int64_t j = lo; j < hi; j++)
+            out[j] += h0 * r0[j] + h1 * r1[j] + h2 * r2[j] + h3 * r3[j] + h4 * r4[j] + h5 * r5[j] + h6 * r6[j] +
+                      h7 * r7[j];
+        return;
+    }
+    for (int i = 0; i < nr; i++) {
+        const float *ri = r[i];
+        const float hi_ = h[i * h_stride];
+#pragma omp simd
+        for (int64_t j = lo; j < hi; j++) out[j] += hi_ * ri[j];
+    }
+}
+
+/* Wt: rows of length >= d, row stride ld; idx [K]; h [N, K] contiguous; out [N, d] contiguous, accumulated.
+ * Threads split the output columns, so no two threads write the same element and no reduction is needed. */
+void densa_gather_axpy_f32(const float *Wt, int64_t ld, const int64_t *idx, int64_t K, const float *h,
+                           int64_t N, int64_t d, float *out, int nthreads) {
+#pragma omp parallel num_threads(nthreads)
+    {
+        int t = 0, T = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        T = omp_get_num_threads();
+#endif
+        const int64_t per = ((d + T - 1) / T + 15) / 16 * 16; /* whole cache lines per thread */
+        const int64_t lo = t * per < d ? t * per : d;
+        const int64_t hi = lo + per < d ? lo + per : d;
+        for (int64_t k0 = 0; k0 < K && lo < hi; k0 += ROWS) {
+            const int nr = (int)(K - k0 < ROWS ? K - k0 : ROWS);
+            const float *r[ROWS];
+            for (int i = 0; i < nr; i++) r[i] = Wt + idx[k0 + i] * ld;
+            for (int64_t n = 0; n < N; n++) axpy_rows(r, h + n * K + k0, 1, nr, lo, hi, out + n * d);
+        }
+    }
+}
