@@ -51,7 +51,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.common import machine_info, median, time_interleaved, write_results  # noqa: E402
 from densa.config.load import load_recipe  # noqa: E402
 from densa.inference import GenerationConfig, InferenceEngine  # noqa: E402
-from densa.kernels import SparseFFNWeights, sparse_ffn, sparse_ffn_reference  # noqa: E402
+from densa.kernels import SparseFFNWeights, native_cpu, sparse_ffn, sparse_ffn_reference  # noqa: E402
 from densa.models.checkpoint_io import build_transformer  # noqa: E402
 from densa.models.transformer import Transformer  # noqa: E402
 from densa.sparsity import LowRankPredictor, make_sequences, ppl_p_sparsity  # noqa: E402
@@ -426,6 +426,10 @@ def bench_big_shape(
 
         return run
 
+    def torch_gather_idx(up, down, w, x, t, idx) -> torch.Tensor:
+        with native_cpu.disabled():  # the same call without the native kernels: what they buy
+            return sparse_ffn(x, w, active_idx=idx, activation="relu2")
+
     def predicted_path() -> None:
         for (_, _, w, x, _, _), predictor, idx in zip(layers, predictors, predicted, strict=True):
             with torch.no_grad():
@@ -438,6 +442,7 @@ def bench_big_shape(
         "sparse_idx": over(
             lambda up, down, w, x, t, idx: sparse_ffn(x, w, active_idx=idx, activation="relu2")
         ),
+        "sparse_idx_torch": over(torch_gather_idx),
     }
     if read_ratios is not None:
         fns["sparse_pred"] = predicted_path
@@ -451,7 +456,7 @@ def bench_big_shape(
     if read_ratios is not None:
         out["read_ratio"] = sum(p.numel() for p in predicted) / (len(layers) * ffn_dim)
         out["predictor_rank"] = s.big_pred_rank
-    for name in [n for n in ("sparse_thr", "sparse_idx", "sparse_pred") if n in ms]:
+    for name in [n for n in ("sparse_thr", "sparse_idx", "sparse_idx_torch", "sparse_pred") if n in ms]:
         speedup = ms["dense"] / ms[name]
         out[name] = {
             "speedup": speedup,
@@ -490,7 +495,9 @@ def markdown(results: list[dict], big: list[dict], config: dict, machine: dict, 
         "(natural zeros), `ppl1` = PPL-1% CETT thresholds calibrated on "
         f"{s['calib_tokens']} held-out tokens disjoint from the prompts, `pred` = t 0 with rank-"
         f"{s['pred_rank']} low-rank predictors trained on the same tokens (Deja Vu; only the predicted rows "
-        "of every projection are read, missed neurons are lost). No GPU was available for this run.",
+        "of every projection are read, missed neurons are lost). CPU gathers: "
+        f"{'native kernels (densa/kernels/native_cpu.py)' if config['native_cpu_kernels'] else 'torch'}. "
+        "No GPU was available for this run.",
         "",
         "s = decode sparsity (mean over layers, measured on the decode steps). Bounds: FFN 1/(1−s); the "
         "threshold path of a plain FFN reads the up projection densely to find the active set, so its "
@@ -571,17 +578,21 @@ def markdown(results: list[dict], big: list[dict], config: dict, machine: dict, 
         "the same kernel given the active set, i.e. a free, perfect predictor (all projections sparse; "
         "bound 1/(1−s)); `pred` (row `pred` only): an untrained rank-"
         f"{s['big_pred_rank']} predictor is run each step for its cost and the kernel reads a set of the "
-        "trained predictor's measured decode read ratio that holds every active row. "
+        "trained predictor's measured decode read ratio that holds every active row; `idx, torch gather`: "
+        "`idx` with the native CPU kernels switched off (index_select + embedding_bag), side by side. "
         "Cells: ms (speedup, fraction of 1/(1−s)[, fraction of 2/(2−s) for `thr`]).",
         "",
-        "| sparsity from | s | 1/(1−s) | 2/(2−s) | dense ms | thr | idx | pred |",
-        "|---|---:|---:|---:|---:|---|---|---|",
+        "| sparsity from | s | 1/(1−s) | 2/(2−s) | dense ms | thr | idx | idx, torch gather | pred |",
+        "|---|---:|---:|---:|---:|---|---|---|---|",
     ]
     for b in big:
         lines.append(
             f"| {LABELS[b['variant']]} {b['kind']} | {b['sparsity']:.1%} | {b['bound_ffn']:.1f}x | "
             f"{b['bound_threshold_path']:.2f}x | {b['ms_per_layer']['dense']:.2f} | "
-            f"{big_cell(b, 'sparse_thr')} | {big_cell(b, 'sparse_idx')} | {big_cell(b, 'sparse_pred')} |"
+            + " | ".join(
+                big_cell(b, k) for k in ("sparse_thr", "sparse_idx", "sparse_idx_torch", "sparse_pred")
+            )
+            + " |"
         )
     cmd = "python benchmarks/sparse_decode/run.py" + (" --quick" if quick else "")
     cmd += " --own-model" if config.get("own_model") else ""
@@ -620,6 +631,7 @@ def main() -> None:
     machine = machine_info()
     config = {"setup": asdict(s), "big_layers": s.big_layers, "dtype": "float32", "batch": 1, "device": "cpu"}
     config |= {"own_model": args.own_model, "seconds": time.perf_counter() - started}
+    config["native_cpu_kernels"] = native_cpu.available()
     md = markdown(results, big, config, machine, args.quick)
     print(md)
     if not args.no_write:
