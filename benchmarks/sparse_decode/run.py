@@ -531,7 +531,7 @@ def markdown(results: list[dict], big: list[dict], config: dict, machine: dict, 
         "(speedup / bound) is not a share of the possible gain.",
         "",
         "| model | PPL-1% CETT c | calibration sparsity | PPL ratio | decode activation ratio per layer "
-        "(exact / ppl1) |",
+        "(exact / ppl1 / pred) |",
         "|---|---:|---:|---:|---|",
     ]
     for r in results:
