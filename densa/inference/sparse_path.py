@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from densa.kernels import SparseFFNWeights, sparse_ffn
+from densa.kernels import SparseFFNWeights, native_cpu, sparse_ffn
 from densa.models.ffn import FeedForward
 from densa.models.transformer import Transformer
 from densa.sparsity import SparsityReport, neuron_thresholds
@@ -47,13 +47,31 @@ class SparseDecodeFFN(nn.Module):
         self.weights = SparseFFNWeights.from_dense(first, dense.down_proj.weight, dense.gated)
         self.register_buffer("thresholds", thresholds.float().to(first.device), persistent=False)
         self.activation, self.backend, self.track = dense.activation, backend, track
+        self.fused = self._prepare_fused()
         # Counted over sparse steps when tracking, as (token, neuron) pairs: truly active (the threshold
         # rule on the dense gate), read (predicted set; every neuron without a predictor) and both.
         self.active = self.read = self.hits = self.total = 0
 
+    def _prepare_fused(self) -> native_cpu.ThresholdFFN | None:
+        """One native call per decode step when it computes exactly what sparse_ffn would (CPU, fp32)."""
+        w = self.weights
+        if (
+            self.predictor is not None
+            or self.backend not in ("auto", "torch")
+            or self.activation not in native_cpu.FUSED_ACTIVATIONS
+            or not native_cpu.supports(w.first, w.down_t)
+            or not native_cpu.available()
+        ):
+            return None
+        return native_cpu.ThresholdFFN(w.gate, w.up, w.down_t, self.thresholds, self.activation)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[1] != 1:
             return self.dense(x)
+        if self.fused is not None and x.shape[0] == 1 and native_cpu.supports(x):
+            if self.track:
+                self._count(x, None)
+            return self.fused(x.reshape(-1)).view(1, 1, -1)
         idx = None
         if self.predictor is not None:
             logits = self.predictor(x.reshape(-1, self.weights.dim))  # [B, ffn_dim]

@@ -30,6 +30,9 @@ import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "sparse_ffn_cpu.c"
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
+LIBS = ("-lm",)
+# Activations the fused threshold FFN computes in C (same formulas as reference.ACTIVATIONS).
+FUSED_ACTIVATIONS = {"relu": 0, "relu2": 1, "silu": 2}
 ENV_SWITCH = "DENSA_NATIVE_KERNELS"
 
 _lock = threading.Lock()
@@ -72,7 +75,7 @@ def _build(cc: str) -> Path:
         lib.parent.mkdir(parents=True, exist_ok=True)
         tmp = lib.with_name(f".{lib.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         result = subprocess.run(
-            [cc, *flags, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True, check=False
+            [cc, *flags, "-o", str(tmp), str(SOURCE), *LIBS], capture_output=True, text=True, check=False
         )
         if result.returncode == 0:
             tmp.replace(lib)
@@ -92,6 +95,9 @@ def _load() -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, ptr, cint]
         fn.restype = None
+    fused = lib.densa_threshold_ffn_f32
+    fused.argtypes = [ptr, ptr, i64, ptr, i64, i64, i64, ptr, ptr, cint, ptr, ptr, ptr, cint]
+    fused.restype = i64
     return lib
 
 
@@ -147,6 +153,58 @@ def gather_dot(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> torc
         weight.shape[1], out.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     return out
+
+
+class ThresholdFFN:
+    """One token's exact-threshold FFN as one native call, prepared once per layer: x [dim] -> out [dim].
+
+    Everything but the input is bound at construction (weight pointers, fp32 per-neuron thresholds, work
+    buffers), so a decode step costs one ctypes call: a small model's FFN is cheaper than a dozen torch ops.
+    gate/up [ffn_dim, dim] rows (up None for a plain FFN) share one row stride; down_t [ffn_dim, dim];
+    t [ffn_dim] thresholds on |act(gate)|; activation in FUSED_ACTIVATIONS; fp32 on CPU. Not re-entrant:
+    one instance must not run in two threads at once (its work buffers are shared).
+    """
+
+    def __init__(
+        self,
+        gate: torch.Tensor,
+        up: torch.Tensor | None,
+        down_t: torch.Tensor,
+        t: torch.Tensor,
+        activation: str,
+    ) -> None:
+        lib = library()
+        if lib is None:
+            raise RuntimeError("the native CPU kernels are not available")
+        if activation not in FUSED_ACTIVATIONS:
+            raise ValueError(f"fused activations are {sorted(FUSED_ACTIVATIONS)}, got {activation!r}")
+        if not (supports(gate, down_t) and (up is None or supports(up))):
+            raise ValueError("ThresholdFFN needs fp32 CPU weights with contiguous rows")
+        if up is not None and up.stride(0) != gate.stride(0):
+            raise ValueError("gate and up rows must share one row stride")
+        self.ffn_dim, self.dim = gate.shape
+        self.last_active = 0
+        # references keep the memory behind the pointers alive
+        self._tensors = (gate, up, down_t, t.to(torch.float32).contiguous())
+        self._idx = torch.empty(self.ffn_dim, dtype=torch.int64)
+        self._h = torch.empty(self.ffn_dim)
+        self._fn = lib.densa_threshold_ffn_f32
+        self._args = (
+            gate.data_ptr(), None if up is None else up.data_ptr(), gate.stride(0), down_t.data_ptr(),
+            down_t.stride(0), self.ffn_dim, self.dim,
+        )  # fmt: skip
+        self._t_ptr, self._act = self._tensors[3].data_ptr(), FUSED_ACTIVATIONS[activation]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape != (self.dim,) or not supports(x):
+            raise ValueError(f"x must be an fp32 CPU vector of {self.dim}, got {tuple(x.shape)} {x.dtype}")
+        x = x.contiguous()
+        out = torch.empty(self.dim)
+        self.last_active = self._fn(
+            *self._args, x.data_ptr(), self._t_ptr, self._act, out.data_ptr(), self._idx.data_ptr(),
+            self._h.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return out
 
 
 def gather_axpy(h: torch.Tensor, idx: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:

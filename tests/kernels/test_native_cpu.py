@@ -98,3 +98,61 @@ def test_switched_off_by_environment(fresh_state, monkeypatch, recwarn):
     assert not native_cpu.available()
     assert not [w for w in recwarn if issubclass(w.category, native_cpu.NativeKernelWarning)]
     assert not (fresh_state / "kernels").exists()
+
+
+@needs_native
+@pytest.mark.parametrize("activation", sorted(native_cpu.FUSED_ACTIVATIONS))
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_threshold_ffn_equals_reference(activation, gated, threads):
+    gen = torch.Generator().manual_seed(3)
+    dim, ffn_dim = 48, 203  # ffn_dim not a multiple of the 8-row group nor of the thread split
+    first = torch.randn((2 if gated else 1) * ffn_dim, dim, generator=gen) / 6
+    weights = SparseFFNWeights.from_dense(first, torch.randn(dim, ffn_dim, generator=gen) / 14, gated)
+    t = torch.rand(ffn_dim, generator=gen) * 0.3  # per-neuron thresholds, some neurons kept, some not
+    x = torch.randn(1, dim, generator=gen)
+    fused = native_cpu.ThresholdFFN(weights.gate, weights.up, weights.down_t, t, activation)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = fused(x[0])
+    finally:
+        torch.set_num_threads(before)
+    ref = sparse_ffn_reference(x, weights, thresholds=t, activation=activation)[0]
+    act = {"relu": torch.relu, "relu2": lambda v: torch.relu(v).square(), "silu": torch.nn.functional.silu}
+    expected_active = int((act[activation](x @ weights.gate.T).abs() > t).sum())
+    assert 0 < expected_active < ffn_dim
+    assert fused.last_active == expected_active
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+@needs_native
+def test_fused_threshold_ffn_rejects_what_it_cannot_compute():
+    w = SparseFFNWeights.from_dense(torch.randn(64, 16), torch.randn(16, 64), gated=False)
+    with pytest.raises(ValueError, match="fused activations are"):
+        native_cpu.ThresholdFFN(w.gate, w.up, w.down_t, torch.zeros(64), "gelu")
+    w64 = w.to(dtype=torch.float64)
+    with pytest.raises(ValueError, match="fp32 CPU weights"):
+        native_cpu.ThresholdFFN(w64.gate, w64.up, w64.down_t, torch.zeros(64), "relu")
+    fused = native_cpu.ThresholdFFN(w.gate, w.up, w.down_t, torch.zeros(64), "relu")
+    with pytest.raises(ValueError, match="fp32 CPU vector of 16"):
+        fused(torch.zeros(15))
+
+
+@needs_native
+def test_engine_decode_takes_the_fused_call():
+    from densa.inference.sparse_path import SparseDecodeFFN
+    from densa.models.config import ModelConfig
+    from densa.models.transformer import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelConfig(vocab_size=32, dim=16, n_layers=1, n_heads=2, ffn_dim=64, activation="relu")
+    )
+    ffn = model.layers[0].ffn
+    wrapper = SparseDecodeFFN(ffn, torch.zeros(64))
+    assert wrapper.fused is not None
+    x = torch.randn(1, 1, 16)
+    torch.testing.assert_close(wrapper(x), ffn(x), rtol=1e-5, atol=1e-6)
+    assert 0 < wrapper.fused.last_active < 64
+    assert SparseDecodeFFN(ffn, torch.zeros(64), backend="reference").fused is None

@@ -7,7 +7,9 @@
  *
  * gather_dot:  out[n, k] = dot(W[idx[k], :], x[n, :])              (gate/up rows of the active set)
  * gather_axpy: out[n, :] += sum_k h[n, k] * Wt[idx[k], :]           (rows of the transposed down projection)
+ * threshold_ffn: a whole exact-threshold FFN for one token (below)
  */
+#include <math.h>
 #include <stdint.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -94,4 +96,87 @@ void densa_gather_axpy_f32(const float *Wt, int64_t ld, const int64_t *idx, int6
             for (int64_t n = 0; n < N; n++) axpy_rows(r, h + n * K + k0, 1, nr, lo, hi, out + n * d);
         }
     }
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * threshold_ffn: the whole exact-threshold FFN for one token in one call (decode of small models, where a
+ * dozen torch ops cost more than the bytes they skip). act: 0 relu, 1 relu2, 2 silu.
+ *   g_i = dot(gate_i, x); a_i = act(g_i); active iff |a_i| > t_i
+ *   h_i = a_i * dot(up_i, x) (gated) or a_i (plain), active rows only
+ *   out = sum over active i of h_i * down_t[i]
+ * Rows are split over threads; each thread compacts its active rows into its own range of idx/h (which
+ * start at its first row), then the ranges are joined and the down pass splits the output columns.
+ * Returns the number of active neurons.
+ */
+static inline float activate(float v, int act) {
+    if (act == 0) return v > 0.f ? v : 0.f;
+    if (act == 1) return v > 0.f ? v * v : 0.f;
+    return v / (1.f + expf(-v));
+}
+
+int64_t densa_threshold_ffn_f32(const float *gate, const float *up, int64_t ld, const float *down_t,
+                                int64_t ld_down, int64_t F, int64_t d, const float *x, const float *t, int act,
+                                float *out, int64_t *idx, float *h, int nthreads) {
+    int64_t counts[256];
+    int T = nthreads < 1 ? 1 : (nthreads > 256 ? 256 : nthreads);
+#pragma omp parallel num_threads(T)
+    {
+        int tid = 0, nt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        const int64_t lo = F * tid / nt, hi = F * (tid + 1) / nt;
+        int64_t n = 0;
+        float g[ROWS];
+        const float *r[ROWS];
+        for (int64_t k0 = lo; k0 < hi; k0 += ROWS) {
+            const int nr = (int)(hi - k0 < ROWS ? hi - k0 : ROWS);
+            for (int i = 0; i < nr; i++) r[i] = gate + (k0 + i) * ld;
+            dot_rows(r, nr, x, d, g, 1);
+            for (int i = 0; i < nr; i++) {
+                const float a = activate(g[i], act);
+                if (fabsf(a) > t[k0 + i]) {
+                    idx[lo + n] = k0 + i;
+                    h[lo + n] = a;
+                    n++;
+                }
+            }
+        }
+        if (up != 0) { /* gated: the up rows of the active set only */
+            for (int64_t k0 = 0; k0 < n; k0 += ROWS) {
+                const int nr = (int)(n - k0 < ROWS ? n - k0 : ROWS);
+                for (int i = 0; i < nr; i++) r[i] = up + idx[lo + k0 + i] * ld;
+                dot_rows(r, nr, x, d, g, 1);
+                for (int i = 0; i < nr; i++) h[lo + k0 + i] *= g[i];
+            }
+        }
+        counts[tid] = n;
+#pragma omp barrier
+#pragma omp single
+        {
+            int64_t total = counts[0];
+            for (int i = 1; i < nt; i++) {
+                const int64_t start = F * i / nt;
+                for (int64_t j = 0; j < counts[i]; j++) {
+                    idx[total + j] = idx[start + j];
+                    h[total + j] = h[start + j];
+                }
+                total += counts[i];
+            }
+            counts[0] = total;
+        }
+        /* implicit barrier after single: idx/h [0, K) are complete */
+        const int64_t K = counts[0];
+        const int64_t per = ((d + nt - 1) / nt + 15) / 16 * 16;
+        const int64_t clo = tid * per < d ? tid * per : d;
+        const int64_t chi = clo + per < d ? clo + per : d;
+        for (int64_t j = clo; j < chi; j++) out[j] = 0.f;
+        for (int64_t k0 = 0; k0 < K && clo < chi; k0 += ROWS) {
+            const int nr = (int)(K - k0 < ROWS ? K - k0 : ROWS);
+            for (int i = 0; i < nr; i++) r[i] = down_t + idx[k0 + i] * ld_down;
+            axpy_rows(r, h + k0, 1, nr, clo, chi, out);
+        }
+    }
+    return counts[0];
 }
