@@ -1,12 +1,14 @@
 """densa: pretraining and finetuning toolkit for LMs dense in capacity, sparse in compute."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="densa",
     version="0.1.0",
-    description="Pretraining and finetuning toolkit for language models dense in capacity and sparse in compute",
-    long_description=open("README.md", encoding="utf-8").read(),
+    description="Pretraining and finetuning toolkit for LMs dense in capacity and sparse in compute",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["densa", "densa.*"]),
