@@ -56,22 +56,29 @@ class SparseDecodeFFN(nn.Module):
         """One native call per decode step when it computes exactly what sparse_ffn would (CPU, fp32)."""
         w = self.weights
         if (
-            self.predictor is not None
-            or self.backend not in ("auto", "torch")
+            self.backend not in ("auto", "torch")
             or self.activation not in native_cpu.FUSED_ACTIVATIONS
             or not native_cpu.supports(w.first, w.down_t)
             or not native_cpu.available()
         ):
             return None
-        return native_cpu.ThresholdFFN(w.gate, w.up, w.down_t, self.thresholds, self.activation)
+        if self.predictor is None:
+            return native_cpu.ThresholdFFN(w.gate, w.up, w.down_t, self.thresholds, self.activation)
+        p_down = getattr(getattr(self.predictor, "down", None), "weight", None)
+        p_up = getattr(getattr(self.predictor, "up", None), "weight", None)
+        if p_down is None or p_up is None or not native_cpu.supports(p_down, p_up):
+            return None  # not a fp32 LowRankPredictor: the generic path runs it
+        return native_cpu.PredictedFFN(p_down, p_up, w.gate, w.up, w.down_t, self.thresholds, self.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[1] != 1:
             return self.dense(x)
-        if self.fused is not None and x.shape[0] == 1 and native_cpu.supports(x):
+        # Tracking needs the predicted set itself, so it takes the generic path (same result).
+        fused_ok = self.fused is not None and x.shape[0] == 1 and native_cpu.supports(x)
+        if fused_ok and (self.predictor is None or not self.track):
             if self.track:
                 self._count(x, None)
-            return self.fused(x.reshape(-1)).view(1, 1, -1)
+            return self.fused(x.reshape(-1)).view(1, 1, -1)  # type: ignore[misc]
         idx = None
         if self.predictor is not None:
             logits = self.predictor(x.reshape(-1, self.weights.dim))  # [B, ffn_dim]

@@ -98,6 +98,28 @@ def _load() -> ctypes.CDLL:
     fused = lib.densa_threshold_ffn_f32
     fused.argtypes = [ptr, ptr, i64, ptr, i64, i64, i64, ptr, ptr, cint, ptr, ptr, ptr, cint]
     fused.restype = i64
+    predicted = lib.densa_predicted_ffn_f32
+    predicted.argtypes = [
+        ptr,
+        ptr,
+        i64,
+        ptr,
+        ptr,
+        i64,
+        ptr,
+        i64,
+        i64,
+        i64,
+        ptr,
+        ptr,
+        cint,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+    ]
+    predicted.argtypes += [ptr, cint]
+    predicted.restype = i64
     return lib
 
 
@@ -179,31 +201,80 @@ class ThresholdFFN:
         if activation not in FUSED_ACTIVATIONS:
             raise ValueError(f"fused activations are {sorted(FUSED_ACTIVATIONS)}, got {activation!r}")
         if not (supports(gate, down_t) and (up is None or supports(up))):
-            raise ValueError("ThresholdFFN needs fp32 CPU weights with contiguous rows")
+            raise ValueError(f"{type(self).__name__} needs fp32 CPU weights with contiguous rows")
         if up is not None and up.stride(0) != gate.stride(0):
             raise ValueError("gate and up rows must share one row stride")
         self.ffn_dim, self.dim = gate.shape
         self.last_active = 0
+        self._lib = lib
         # references keep the memory behind the pointers alive
-        self._tensors = (gate, up, down_t, t.to(torch.float32).contiguous())
+        self._tensors: tuple[torch.Tensor | None, ...] = (gate, up, down_t, t.to(torch.float32).contiguous())
         self._idx = torch.empty(self.ffn_dim, dtype=torch.int64)
         self._h = torch.empty(self.ffn_dim)
-        self._fn = lib.densa_threshold_ffn_f32
-        self._args = (
+        self._weights = (
             gate.data_ptr(), None if up is None else up.data_ptr(), gate.stride(0), down_t.data_ptr(),
             down_t.stride(0), self.ffn_dim, self.dim,
         )  # fmt: skip
-        self._t_ptr, self._act = self._tensors[3].data_ptr(), FUSED_ACTIVATIONS[activation]
+        self._t_ptr, self._act = self._tensors[3].data_ptr(), FUSED_ACTIVATIONS[activation]  # type: ignore[union-attr]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape != (self.dim,) or not supports(x):
             raise ValueError(f"x must be an fp32 CPU vector of {self.dim}, got {tuple(x.shape)} {x.dtype}")
-        x = x.contiguous()
+        return x.contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._input(x)
         out = torch.empty(self.dim)
-        self.last_active = self._fn(
-            *self._args, x.data_ptr(), self._t_ptr, self._act, out.data_ptr(), self._idx.data_ptr(),
+        self.last_active = self._lib.densa_threshold_ffn_f32(
+            *self._weights, x.data_ptr(), self._t_ptr, self._act, out.data_ptr(), self._idx.data_ptr(),
             self._h.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
+        return out
+
+
+class PredictedFFN(ThresholdFFN):
+    """`ThresholdFFN` that reads only the rows a low-rank predictor selects, all in one native call.
+
+    predictor_down [rank, dim] and predictor_up [ffn_dim, rank] are `LowRankPredictor.down/up.weight`: neuron
+    i is read iff (predictor_up · predictor_down · x)_i ≥ 0, and kept iff also |act(gate_i)| > t_i, exactly
+    the engine's predicted path. `last_read` counts the predicted neurons of the last call.
+    """
+
+    def __init__(
+        self,
+        predictor_down: torch.Tensor,
+        predictor_up: torch.Tensor,
+        gate: torch.Tensor,
+        up: torch.Tensor | None,
+        down_t: torch.Tensor,
+        t: torch.Tensor,
+        activation: str,
+    ) -> None:
+        super().__init__(gate, up, down_t, t, activation)
+        rank = predictor_down.shape[0]
+        if predictor_down.shape != (rank, self.dim) or predictor_up.shape != (self.ffn_dim, rank):
+            raise ValueError(
+                f"predictor weights must be [rank, {self.dim}] and [{self.ffn_dim}, rank], got "
+                f"{tuple(predictor_down.shape)} and {tuple(predictor_up.shape)}"
+            )
+        p_down, p_up = predictor_down.detach().contiguous(), predictor_up.detach().contiguous()
+        if not supports(p_down, p_up):
+            raise ValueError("PredictedFFN needs fp32 CPU predictor weights")
+        self.last_read = 0
+        self._predictor = (p_down, p_up)
+        self._z = torch.empty(rank)
+        self._n_read = torch.zeros(1, dtype=torch.int64)
+        self._predictor_args = (p_down.data_ptr(), p_up.data_ptr(), rank)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._input(x)
+        out = torch.empty(self.dim)
+        self.last_active = self._lib.densa_predicted_ffn_f32(
+            *self._predictor_args, *self._weights, x.data_ptr(), self._t_ptr, self._act, out.data_ptr(),
+            self._idx.data_ptr(), self._h.data_ptr(), self._z.data_ptr(), self._n_read.data_ptr(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        self.last_read = int(self._n_read[0])
         return out
 
 

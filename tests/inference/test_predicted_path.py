@@ -105,3 +105,14 @@ def _model_with_ffn_dim(ffn_dim: int):
 
     config = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=ffn_dim)
     return Transformer(config)
+
+
+def test_untracked_predicted_decode_equals_tracked():
+    """Untracked steps take the fused native call (when built), tracked ones the generic path: same text."""
+    engine = InferenceEngine(tiny_model(64, seed=4))
+    engine.set_sparsity([0.0, 0.0])
+    engine.set_predictors(random_predictors(engine.model, rank=6, seed=1))
+    fast = engine.generate(PROMPTS, GREEDY, ffn="sparse")
+    tracked = engine.generate(PROMPTS, GREEDY, ffn="sparse", track_sparsity=True)
+    assert [g.token_ids for g in fast.generations] == [g.token_ids for g in tracked.generations]
+    assert all(r < 1 for r in tracked.stats.read_ratio)

@@ -156,3 +156,29 @@ def test_engine_decode_takes_the_fused_call():
     torch.testing.assert_close(wrapper(x), ffn(x), rtol=1e-5, atol=1e-6)
     assert 0 < wrapper.fused.last_active < 64
     assert SparseDecodeFFN(ffn, torch.zeros(64), backend="reference").fused is None
+
+
+@needs_native
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_predicted_ffn_reads_the_predicted_rows_only(gated, threads):
+    gen = torch.Generator().manual_seed(4)
+    dim, ffn_dim, rank = 40, 157, 6
+    first = torch.randn((2 if gated else 1) * ffn_dim, dim, generator=gen) / 6
+    weights = SparseFFNWeights.from_dense(first, torch.randn(dim, ffn_dim, generator=gen) / 12, gated)
+    p_down, p_up = torch.randn(rank, dim, generator=gen), torch.randn(ffn_dim, rank, generator=gen)
+    t = torch.full((ffn_dim,), 0.05)
+    x = torch.randn(1, dim, generator=gen)
+    fused = native_cpu.PredictedFFN(p_down, p_up, weights.gate, weights.up, weights.down_t, t, "relu2")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = fused(x[0])
+    finally:
+        torch.set_num_threads(before)
+    predicted = ((x @ p_down.T @ p_up.T)[0] >= 0).nonzero().squeeze(1)
+    assert 0 < predicted.numel() < ffn_dim and fused.last_read == predicted.numel()
+    ref = sparse_ffn_reference(x, weights, thresholds=t, active_idx=predicted, activation="relu2")[0]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"predictor weights must be \[rank, 40\] and \[157, rank\]"):
+        native_cpu.PredictedFFN(p_down, p_up.T, weights.gate, weights.up, weights.down_t, t, "relu2")

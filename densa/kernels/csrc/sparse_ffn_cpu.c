@@ -180,3 +180,100 @@ int64_t densa_threshold_ffn_f32(const float *gate, const float *up, int64_t ld, 
     }
     return counts[0];
 }
+
+/* ---------------------------------------------------------------------------------------------------------
+ * predicted_ffn: one token's FFN reading only the rows a low-rank predictor selects (Deja Vu), in one call.
+ *   z = P_down x  [r];  neuron i is read iff dot(P_up[i], z) >= 0;  of those, active iff |act(gate_i x)| > t_i
+ *   out = sum over active i of h_i * down_t[i]   (h as in threshold_ffn)
+ * z is computed by one thread (r dots, small); rows are then split over threads as in threshold_ffn.
+ * Returns the number of active neurons; *n_read receives the number of predicted (read) neurons.
+ */
+int64_t densa_predicted_ffn_f32(const float *p_down, const float *p_up, int64_t rank, const float *gate,
+                                const float *up, int64_t ld, const float *down_t, int64_t ld_down, int64_t F,
+                                int64_t d, const float *x, const float *t, int act, float *out, int64_t *idx,
+                                float *h, float *z, int64_t *n_read, int nthreads) {
+    int64_t counts[256], reads[256];
+    int T = nthreads < 1 ? 1 : (nthreads > 256 ? 256 : nthreads);
+    const float *pr[ROWS];
+    for (int64_t k0 = 0; k0 < rank; k0 += ROWS) {
+        const int nr = (int)(rank - k0 < ROWS ? rank - k0 : ROWS);
+        for (int i = 0; i < nr; i++) pr[i] = p_down + (k0 + i) * d;
+        dot_rows(pr, nr, x, d, z + k0, 1);
+    }
+#pragma omp parallel num_threads(T)
+    {
+        int tid = 0, nt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        const int64_t lo = F * tid / nt, hi = F * (tid + 1) / nt;
+        int64_t n = 0, m = 0;
+        float g[ROWS];
+        const float *r[ROWS];
+        /* predicted rows of [lo, hi) into idx[lo ...] (m of them) */
+        for (int64_t k0 = lo; k0 < hi; k0 += ROWS) {
+            const int nr = (int)(hi - k0 < ROWS ? hi - k0 : ROWS);
+            for (int i = 0; i < nr; i++) r[i] = p_up + (k0 + i) * rank;
+            dot_rows(r, nr, z, rank, g, 1);
+            for (int i = 0; i < nr; i++)
+                if (g[i] >= 0.f) idx[lo + m++] = k0 + i;
+        }
+        /* gate rows of the predicted set; keep the active ones, compacted in place (n <= position) */
+        for (int64_t k0 = 0; k0 < m; k0 += ROWS) {
+            const int nr = (int)(m - k0 < ROWS ? m - k0 : ROWS);
+            int64_t rows[ROWS];
+            for (int i = 0; i < nr; i++) {
+                rows[i] = idx[lo + k0 + i];
+                r[i] = gate + rows[i] * ld;
+            }
+            dot_rows(r, nr, x, d, g, 1);
+            for (int i = 0; i < nr; i++) {
+                const float a = activate(g[i], act);
+                if (fabsf(a) > t[rows[i]]) {
+                    idx[lo + n] = rows[i];
+                    h[lo + n] = a;
+                    n++;
+                }
+            }
+        }
+        if (up != 0) {
+            for (int64_t k0 = 0; k0 < n; k0 += ROWS) {
+                const int nr = (int)(n - k0 < ROWS ? n - k0 : ROWS);
+                for (int i = 0; i < nr; i++) r[i] = up + idx[lo + k0 + i] * ld;
+                dot_rows(r, nr, x, d, g, 1);
+                for (int i = 0; i < nr; i++) h[lo + k0 + i] *= g[i];
+            }
+        }
+        counts[tid] = n;
+        reads[tid] = m;
+#pragma omp barrier
+#pragma omp single
+        {
+            int64_t total = counts[0], read = reads[0];
+            for (int i = 1; i < nt; i++) {
+                const int64_t start = F * i / nt;
+                for (int64_t j = 0; j < counts[i]; j++) {
+                    idx[total + j] = idx[start + j];
+                    h[total + j] = h[start + j];
+                }
+                total += counts[i];
+                read += reads[i];
+            }
+            counts[0] = total;
+            reads[0] = read;
+        }
+        const int64_t K = counts[0];
+        const int64_t per = ((d + nt - 1) / nt + 15) / 16 * 16;
+        const int64_t clo = tid * per < d ? tid * per : d;
+        const int64_t chi = clo + per < d ? clo + per : d;
+        for (int64_t j = clo; j < chi; j++) out[j] = 0.f;
+        for (int64_t k0 = 0; k0 < K && clo < chi; k0 += ROWS) {
+            const int nr = (int)(K - k0 < ROWS ? K - k0 : ROWS);
+            for (int i = 0; i < nr; i++) r[i] = down_t + idx[k0 + i] * ld_down;
+            axpy_rows(r, h + k0, 1, nr, clo, chi, out);
+        }
+    }
+    *n_read = reads[0];
+    return counts[0];
+}
