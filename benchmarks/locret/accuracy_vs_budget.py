@@ -27,17 +27,11 @@ from typing import Any
 import torch
 
 from benchmarks.common import RESULTS_DIR, machine_info, write_results
-from benchmarks.locret.task_data import (
-    AdaptiveMQAR,
-    CurriculumCallback,
-    MQARHeads,
-    PasskeyHeads,
-    PasskeySource,
-)
+from benchmarks.locret.task_data import CurriculumCallback, TaskCurriculum, TaskHeads, eval_sample
 from densa.config.load import load_recipe
 from densa.config.schema import RunConfig
 from densa.longctx import build_policy, generate_with_policy
-from densa.longctx.tasks import TaskSample, TaskVocab, answer_accuracy, mqar, passkey
+from densa.longctx.tasks import TaskSample, TaskVocab, answer_accuracy
 from densa.models import Transformer
 from densa.retaining_heads import heads_loss, load_heads
 from densa.train.finetune import init_from
@@ -45,8 +39,7 @@ from densa.train.run import build_trainer
 
 POLICIES = ["full", "streaming_llm", "h2o", "snapkv", "random", "locret"]
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-N_PAIRS, N_QUERIES = 8, 4
-N_DIGITS = 4  # --task passkey
+TASKS = ["mqar", "passkey", "first_occurrence"]
 
 
 def run_stage(
@@ -196,17 +189,17 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="reuse finished run dirs under runs/locret_bench"
     )
-    parser.add_argument("--backbone-steps", type=int, default=1500, help="at most; stops once solved")
-    parser.add_argument("--head-steps", type=int, default=300)
+    parser.add_argument("--backbone-steps", type=int, default=2000, help="at most; stops once solved")
+    parser.add_argument("--head-steps", type=int, default=600)
     parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--chunk", type=int, default=32)
+    parser.add_argument("--chunk", type=int, default=16)
     parser.add_argument("--budgets", type=int, nargs="+", default=[16, 24, 32, 48, 64])
     parser.add_argument("--eval-rows", type=int, default=256)
     parser.add_argument(
         "--task",
-        choices=["mqar", "passkey"],
+        choices=TASKS,
         default="mqar",
-        help="mqar: length curriculum; passkey: fixed length, every digit supervised",
+        help="the task the heads are trained and the policies evaluated on (the backbone learns all three)",
     )
     parser.add_argument("--runs", default="runs/locret_bench", help="parent of the backbone/heads run dirs")
     parser.add_argument("--name", default="locret", help="results file stem")
@@ -234,31 +227,26 @@ def main() -> None:
 
     bb_cfg = load_recipe(RECIPES / "locret_backbone_tiny.yaml", bb_set)
     per_step = bb_cfg.batch.global_tokens // bb_cfg.data.seq_len
-    if args.task == "passkey":
-        bb = run_stage(bb_cfg, PasskeySource(per_step, args.seq_len, N_DIGITS, vocab=vocab), args.reuse)
-    else:
-        source = AdaptiveMQAR(per_step, args.seq_len, vocab=vocab)
-        bb = run_stage(bb_cfg, source, args.reuse, [CurriculumCallback(source)])
+    source = TaskCurriculum(per_step, args.seq_len, vocab=vocab)
+    bb = run_stage(bb_cfg, source, args.reuse, [CurriculumCallback(source)])
     model = load_backbone(bb_cfg)
 
-    def make(n: int, seed: int) -> TaskSample:
-        if args.task == "passkey":
-            return passkey(n, args.seq_len, N_DIGITS, vocab=vocab, seed=seed)
-        return mqar(n, args.seq_len, N_PAIRS, N_QUERIES, vocab=vocab, seed=seed)
+    def make(n: int, seed: int, task: str = args.task) -> TaskSample:
+        return eval_sample(task, n, args.seq_len, vocab, seed)
 
-    test = make(args.eval_rows, 2 * 10**6)
+    per_task = {}
     with torch.no_grad():
-        in_dist = answer_accuracy(model(test.input_ids), test)
-    print(f"backbone: in-distribution accuracy {in_dist:.3f} ({bb['seconds']:.0f} s)", flush=True)
+        for task in TASKS:
+            sample = make(args.eval_rows, 2 * 10**6, task)
+            per_task[task] = answer_accuracy(model(sample.input_ids), sample)
+    test = make(args.eval_rows, 2 * 10**6)
+    in_dist = per_task[args.task]
+    print(f"backbone: in-distribution accuracy {per_task} ({bb['seconds']:.0f} s)", flush=True)
 
     hd_cfg = load_recipe(RECIPES / "locret_heads_tiny.yaml", hd_set)
     hd_per_step = hd_cfg.batch.global_tokens // hd_cfg.data.seq_len
     n_head_samples = args.head_steps * hd_per_step
-    heads_data = (
-        PasskeyHeads(n_head_samples, args.seq_len, N_DIGITS)
-        if args.task == "passkey"
-        else MQARHeads(n_head_samples, args.seq_len, N_PAIRS, N_QUERIES)
-    )
+    heads_data = TaskHeads(args.task, n_head_samples, args.seq_len, vocab)
     hd = run_stage(hd_cfg, heads_data, args.reuse)
     heads_file = str(Path(hd_cfg.run.out_dir) / hd_cfg.retaining_heads.out_file)
     cis = [(r["step"], r["cis_loss"]) for r in hd["records"] if "cis_loss" in r]
@@ -285,8 +273,7 @@ def main() -> None:
         if acc[(b, p)]["accuracy"] >= acc[(b, "locret")]["accuracy"]
     ]
     payload = {
-        "config": vars(args)
-        | {"n_pairs": N_PAIRS, "n_queries": N_QUERIES, "n_digits": N_DIGITS, "model": bb_cfg.model.to_dict()},
+        "config": vars(args) | {"eval_setting": eval_sample.__doc__, "model": bb_cfg.model.to_dict()},
         "machine": machine_info(),
         "context_tokens": ctx_len,
         "backbone": {
@@ -300,6 +287,7 @@ def main() -> None:
             ],
             "seconds": bb["seconds"],
             "in_distribution_accuracy": in_dist,
+            "accuracy_per_task": per_task,
             "loss_curve": [(r["step"], r["train/loss"]) for r in bb["records"] if "train/loss" in r],
         },
         "heads": {
