@@ -254,6 +254,23 @@ def _unshard(shards: list[torch.Tensor], dim: int, sizes: list[int]) -> torch.Te
     return torch.cat(sections, dim)
 
 
+def join_shards(shards: list[dict[str, torch.Tensor]], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The tp = 1 state dict from every TP rank's state dict in rank order (offline: no process group)."""
+    tp_size = len(shards)
+    _check_divisible(config, tp_size)
+    keys = list(shards[0])
+    for rank, shard in enumerate(shards[1:], start=1):
+        if list(shard) != keys:
+            raise ValueError(f"TP rank {rank} holds other keys than rank 0")
+    full = {}
+    for key in keys:
+        spec = _shard_spec(key, config)
+        full[key] = (
+            shards[0][key] if spec is None or tp_size == 1 else _unshard([s[key] for s in shards], *spec)
+        )
+    return full
+
+
 def gather_state_dict(
     local_sd: dict[str, torch.Tensor],
     config: ModelConfig,

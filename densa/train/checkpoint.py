@@ -32,6 +32,7 @@ import torch
 from densa.errors import CheckpointError
 
 if TYPE_CHECKING:
+    from densa.models.config import ModelConfig
     from densa.train.engine import Engine
 
 # densa.train.engine (deepspeed) is imported inside the functions that need it, so reading checkpoints
@@ -126,20 +127,36 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def checkpoint_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+def checkpoint_weights(
+    folder: str | os.PathLike, model: ModelConfig | None = None
+) -> dict[str, torch.Tensor]:
     """fp32 tp = 1 model weights of a complete checkpoint, without building an engine.
 
     ZeRO-0/1/2 keep the whole module in deepspeed/mp_rank_00_model_states.pt (read without importing
     deepspeed); ZeRO-3 partitions it, so DeepSpeed's zero_to_fp32 reassembles the fp32 master weights.
-    Tensor-parallel checkpoints (one mp_rank file per TP rank) are not joined here.
+    Tensor-parallel checkpoints hold one mp_rank file per TP rank: their shards are joined with the
+    model config (`model`, else the architecture in the checkpoint's recipe.yaml).
     """
     ds_dir = Path(folder) / "deepspeed"
     shards = sorted(ds_dir.glob("mp_rank_*_model_states.pt"))
-    if len(shards) > 1:
-        raise CheckpointError(f"{folder}: a tensor-parallel checkpoint; export it with export.hf_dir instead")
-    if shards:
-        module = torch.load(shards[0], map_location="cpu", weights_only=False)["module"]
-        return {k: v.float() for k, v in module.items()}
+    modules = [torch.load(path, map_location="cpu", weights_only=False)["module"] for path in shards]
+    if len(modules) > 1:
+        from densa.models.parallel import join_shards
+
+        if model is None:
+            from densa.config.load import load_recipe
+            from densa.train.methods import trained_model_config
+
+            model = trained_model_config(load_recipe(Path(folder) / RECIPE_FILE, check=False))
+        try:
+            joined = join_shards(modules, model)
+        except ValueError as err:
+            raise CheckpointError(
+                f"{folder}: cannot join {len(modules)} tensor-parallel shards: {err}"
+            ) from None
+        return {k: v.float() for k, v in joined.items()}
+    if modules:
+        return {k: v.float() for k, v in modules[0].items()}
     if list(ds_dir.glob("zero_pp_rank_*_model_states.pt")):
         from densa.train.engine import zero3_checkpoint_weights
 

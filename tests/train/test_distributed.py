@@ -59,6 +59,20 @@ def test_tensor_parallel_matches_one_process(tmp_path, ds_world):
         replace(cfg, "init", from_path=str(tmp_path / "init")), train_data=SyntheticDataset(VOCAB, SEQ)
     )
     assert tp_losses == pytest.approx([h["loss"] for h in single.history], rel=1e-5)
+    # the tp = 2 checkpoint (one mp_rank file per TP rank) reads back as the tp = 1 model
+    from densa.train.checkpoint import checkpoint_weights, complete_checkpoints
+    from densa.train.finetune import load_weights
+
+    (_, tp_ckpt), (_, single_ckpt) = (
+        complete_checkpoints(tmp_path / "tp")[-1],
+        complete_checkpoints(tmp_path / "single")[-1],
+    )
+    assert len(list((tp_ckpt / "deepspeed").glob("mp_rank_*_model_states.pt"))) == 2
+    joined, reference = checkpoint_weights(tp_ckpt), checkpoint_weights(single_ckpt)
+    assert joined.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(joined[key], reference[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert load_weights(tmp_path / "tp")[1].keys() == reference.keys()  # eval / init.from_path read it too
 
 
 def test_dead_rank_does_not_hang_the_others(tmp_path):
