@@ -1,18 +1,18 @@
-"""Locret experiment A (reference/longctx.md §7.2): MQAR value accuracy vs KV budget for each policy.
+"""Locret experiment A (reference/longctx.md §7.2): answer accuracy vs KV budget for each policy.
 
-1. Backbone: `densa` trainer on `recipes/locret_backbone_tiny.yaml` with the token-level MQAR length
-   curriculum of `task_data.py` (T = 8 → 256); in-distribution accuracy on T = 256, 8 pairs, 4 queries.
+1. Backbone: `densa` trainer on `recipes/locret_backbone_tiny.yaml` with `task_data.TaskCurriculum`
+   (copy warm-up, then MQAR + passkey + first-occurrence at T = 64 → 128 → 256); in-distribution
+   accuracy of each task at T = 256 (MQAR: 8 pairs, 4 queries).
 2. Retaining heads: `densa` trainer on `recipes/locret_heads_tiny.yaml` (`retaining_heads:` section,
-   backbone loaded from step 1's run dir and frozen, CIS loss); the logged `cis_loss` curve is recorded.
-3. For each budget (4–16× compression of the 248-token context) and policy, at equal budget and chunk:
-   chunked prefill of the context (query-agnostic), the query segment as the tail, teacher-forced value
-   accuracy, peak KV entries held, peak KV-cache bytes, share of needle tokens retained.
+   backbone loaded from step 1's run dir and frozen, CIS loss on `--task` samples).
+3. For each budget (4–16× compression of the 248-token context) and policy, at equal budget and chunk
+   (16): chunked prefill of the context (query-agnostic), the query segment as the tail, teacher-forced
+   answer accuracy, peak KV entries held, peak KV-cache bytes, share of needle tokens retained; plus the
+   §7.2 Locret ablations (no stabilizers, compacted positions).
 
 Writes benchmarks/results/locret.{json,md,png}. Run dirs go to runs/locret_bench/ (gitignored).
 `--quick` is a smoke run (its numbers mean nothing); `--reuse` skips training stages already complete.
-`--task passkey` swaps MQAR for passkey retrieval (fixed length, all 4 digits supervised, no curriculum):
-the committed results are `--task passkey --seq-len 64 --backbone-steps 1400 --head-steps 600
---budgets 8 10 15 --chunk 8` with OMP_NUM_THREADS=2.
+The committed results are the defaults with OMP_NUM_THREADS=1.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ from densa.train.finetune import init_from
 from densa.train.run import build_trainer
 
 POLICIES = ["full", "streaming_llm", "h2o", "snapkv", "random", "locret"]
+# reference/longctx.md §7.2 ablations: (policy, options, compact_positions); not counted as baselines.
+ABLATIONS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    "locret_no_stabilizers": ("locret", {"n_stabilizers": 0}, False),
+    "locret_compact_positions": ("locret", {}, True),
+}
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 TASKS = ["mqar", "passkey", "first_occurrence"]
 
@@ -61,6 +66,12 @@ def run_stage(
     return {"seconds": float((out / "seconds.txt").read_text()), "records": records}
 
 
+def last_step(run_dir: str, records: list[dict]) -> int:
+    """The step of the run's last checkpoint (an early stop lands between logged steps)."""
+    steps = [int(p.name.split("_")[-1]) for p in Path(run_dir, "checkpoints").glob("step_*")]
+    return max(steps or [max(r["step"] for r in records)])
+
+
 def load_backbone(cfg: RunConfig) -> Transformer:
     model = Transformer(cfg.model)
     init_from(model, cfg.run.out_dir)
@@ -74,9 +85,17 @@ def needle_positions(sample: TaskSample, row: int, vocab: TaskVocab) -> set[int]
 
 
 def evaluate(
-    model: Transformer, sample: TaskSample, policy: str, budget: int, chunk: int, heads: str, vocab: TaskVocab
-) -> dict[str, float]:
-    kwargs = {"heads": heads} if policy == "locret" else {}
+    model: Transformer,
+    sample: TaskSample,
+    policy: str,
+    budget: int,
+    chunk: int,
+    heads: str,
+    vocab: TaskVocab,
+    options: dict[str, Any] | None = None,
+    compact_positions: bool = False,
+) -> dict[str, Any]:
+    kwargs = ({"heads": heads} if policy == "locret" else {}) | (options or {})
     result = generate_with_policy(
         model,
         sample.input_ids,
@@ -85,21 +104,35 @@ def evaluate(
         chunk,
         max_new_tokens=0,
         tail=sample.tail,
+        compact_positions=compact_positions,
     )
     cfg = model.config
     bytes_per_token = cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 4  # K and V, fp32, one sequence
-    kept = result.stats.kept_positions[-1]  # last layer, [B, Hkv, L]
-    retained = []
-    for b in range(kept.shape[0]):
-        needles = needle_positions(sample, b, vocab)
-        for h in range(kept.shape[1]):
-            retained.append(len(needles & set(kept[b, h].tolist())) / max(1, len(needles)))
+    needles = [needle_positions(sample, b, vocab) for b in range(sample.input_ids.shape[0])]
+    per_layer = []  # share of needle tokens each layer still holds, mean over rows and KV heads
+    for kept in result.stats.kept_positions:  # [B, Hkv, L] original positions
+        shares = [
+            len(needles[b] & set(kept[b, h].tolist())) / max(1, len(needles[b]))
+            for b in range(kept.shape[0])
+            for h in range(kept.shape[1])
+        ]
+        per_layer.append(sum(shares) / len(shares))
     return {
         "accuracy": answer_accuracy(result.tail_logits, sample),
         "peak_kv_tokens": result.stats.peak_kv_tokens,
         "peak_kv_bytes_per_seq": result.stats.peak_kv_tokens * bytes_per_token,
-        "needles_retained": sum(retained) / len(retained),
+        "needles_retained": sum(per_layer) / len(per_layer),
+        "needles_retained_per_layer": per_layer,
     }
+
+
+def _stages(records: list[dict]) -> str:
+    """'copy@0, 64@350, ...': the logged step at which each curriculum stage (0 = copy warm-up) shows up."""
+    seen: dict[int, int] = {}
+    for r in records:
+        if "curriculum/context_len" in r:
+            seen.setdefault(r["curriculum/context_len"], r["step"])
+    return ", ".join(f"{'copy' if n == 0 else f'T={n}'}@{step}" for n, step in seen.items())
 
 
 def cis_eval(model: Transformer, sample: TaskSample) -> dict[str, float]:
@@ -139,8 +172,10 @@ def markdown(payload: dict, args: argparse.Namespace) -> str:
         f"(T = {args.seq_len}, context {ctx}, chunk {args.chunk})",
         "",
         f"Backbone ({bb['params']} params, {bb['steps']} trainer steps, "
-        f"{bb['seconds']:.0f} s): in-distribution accuracy "
-        f"**{bb['in_distribution_accuracy']:.3f}**. Heads ({hd['steps']} steps, "
+        f"{bb['seconds']:.0f} s; curriculum stages first logged at {bb['curriculum_stages']}): "
+        "in-distribution accuracy "
+        + ", ".join(f"{t} **{a:.3f}**" for t, a in bb["accuracy_per_task"].items())
+        + f". Heads ({hd['steps']} steps, "
         f"{hd['seconds']:.0f} s): CIS loss {hd['cis_loss_first']:.3f} → "
         f"{hd['cis_loss_last']:.3f}, held-out top-10% overlap "
         f"{hd['held_out']['cis_top10_overlap']:.3f}. {args.eval_rows} eval rows, "
@@ -161,7 +196,14 @@ def markdown(payload: dict, args: argparse.Namespace) -> str:
     g = payload["goals"]
     lines += [
         "",
-        "Needle tokens retained (last layer, mean over KV heads): "
+        "Ablations (accuracy): "
+        + "; ".join(
+            f"b={b}: " + ", ".join(f"{n} {acc[(b, n)]['accuracy']:.3f}" for n in ABLATIONS)
+            for b in args.budgets
+        ),
+        "",
+        "Needle tokens (keys, values, markers) retained, mean over layers and KV heads (per layer in the "
+        "JSON; Locret keeps them where the answer attends, not in every layer): "
         + "; ".join(
             f"b={b}: " + ", ".join(f"{p} {acc[(b, p)]['needles_retained']:.2f}" for p in POLICIES[1:])
             for b in args.budgets
@@ -256,9 +298,10 @@ def main() -> None:
 
     rows = []
     for budget in args.budgets:
-        for policy in POLICIES:
+        runs = [(p, p, {}, False) for p in POLICIES] + [(n, *spec) for n, spec in ABLATIONS.items()]
+        for policy, base, options, compact in runs:
             start = time.perf_counter()
-            res = evaluate(model, test, policy, budget, args.chunk, heads_file, vocab)
+            res = evaluate(model, test, base, budget, args.chunk, heads_file, vocab, options, compact)
             rows.append({"budget": budget, "policy": policy, **res, "seconds": time.perf_counter() - start})
             print(rows[-1], flush=True)
 
@@ -278,13 +321,14 @@ def main() -> None:
         "context_tokens": ctx_len,
         "backbone": {
             "params": bb_cfg.model.num_params(),
-            "steps": max(r["step"] for r in bb["records"]),
+            "steps": last_step(bb_cfg.run.out_dir, bb["records"]),
             "task": args.task,
             "curriculum": [
                 (r["step"], r["curriculum/context_len"])
                 for r in bb["records"]
                 if "curriculum/context_len" in r
             ],
+            "curriculum_stages": _stages(bb["records"]),
             "seconds": bb["seconds"],
             "in_distribution_accuracy": in_dist,
             "accuracy_per_task": per_task,

@@ -34,7 +34,8 @@ class PolicyStats:
     forwards: int = 0
     tokens_seen: int = 0
     kept_positions: list[torch.Tensor] = field(default_factory=list)
-    """Per layer, original positions [B, Hkv, L] of the entries held at the end."""
+    """Per layer, the input-stream index [B, Hkv, L] of each entry held at the end (its original position,
+    also under `compact_positions`)."""
 
 
 def _check(policy: KVPolicy, budget: int | None, chunk: int) -> None:
@@ -73,7 +74,8 @@ class PolicySession:
         n_layers = model.config.n_layers
         capacity = (budget + chunk) if (budget and self.policy.evicts) else 256
         self.cache = KVCache(n_layers, initial_capacity=capacity)
-        self.positions: list[torch.Tensor | None] = [None] * n_layers
+        self.positions: list[torch.Tensor | None] = [None] * n_layers  # RoPE positions of the entries
+        self.origins: list[torch.Tensor | None] = [None] * n_layers  # their index in the input stream
         self.stats = PolicyStats()
         self._queries: list[torch.Tensor | None] = [None] * n_layers
         self._handles: list = []
@@ -118,11 +120,13 @@ class PolicySession:
         start = self.cache.seen_tokens
         logits = self.model(input_ids, kv_cache=self.cache)
         new_pos = torch.arange(start, start + n, device=input_ids.device)
+        seen = self.stats.tokens_seen
+        new_origin = torch.arange(seen, seen + n, device=input_ids.device)
         for layer in range(self.model.config.n_layers):
             keys, _ = self.cache.get(layer)
-            pos = new_pos.expand(keys.shape[0], keys.shape[1], n)
-            old = self.positions[layer]
-            self.positions[layer] = pos if old is None else torch.cat([old, pos], dim=2)
+            for store, new in ((self.positions, new_pos), (self.origins, new_origin)):
+                grown = new.expand(keys.shape[0], keys.shape[1], n)
+                store[layer] = grown if store[layer] is None else torch.cat([store[layer], grown], dim=2)
             self.policy.observe(layer, self._queries[layer], keys)
             self._queries[layer] = None
         self.stats.peak_kv_tokens = max(self.stats.peak_kv_tokens, self.length())
@@ -144,6 +148,7 @@ class PolicySession:
             keep = scores.topk(self.budget, dim=-1).indices.sort(dim=-1).values
             self.cache.keep(layer, keep)
             self.positions[layer] = self.positions[layer].gather(2, keep)
+            self.origins[layer] = self.origins[layer].gather(2, keep)
             self.policy.keep(layer, keep)
         self.stats.evictions += 1
         if self.compact:
@@ -173,7 +178,7 @@ class PolicySession:
         return logits
 
     def finish(self) -> PolicyStats:
-        self.stats.kept_positions = [p.clone() for p in self.positions if p is not None]
+        self.stats.kept_positions = [p.clone() for p in self.origins if p is not None]
         return self.stats
 
 

@@ -48,6 +48,21 @@ def test_streaming_keeps_sinks_and_window_exactly(model: Transformer) -> None:
         assert (pos == torch.tensor([0, 1, 2, *range(33, 40)])).all()
 
 
+def test_kept_positions_are_original_positions_under_compaction(model: Transformer) -> None:
+    """Random scores do not depend on the model, so compaction must not change which tokens survive."""
+    ids = random_tokens(model.config, seq=40)
+    kept = []
+    for compact in (False, True):
+        with PolicySession(model, build_policy("random", seed=1), 8, 4, compact_positions=compact) as s:
+            s.prefill(ids)
+            kept.append(s.finish().kept_positions)
+            if compact:
+                assert int(s.positions[0].max()) == 7  # RoPE positions were compacted ...
+    for plain, compacted in zip(*kept, strict=True):
+        assert torch.equal(plain, compacted)  # ... the reported ones are where the tokens came from
+    assert int(kept[1][0].max()) > 8
+
+
 def test_constructed_scores_keep_top_per_head_plus_stabilizers(model: Transformer) -> None:
     seq, budget = 30, 8
     gen = torch.Generator().manual_seed(3)
