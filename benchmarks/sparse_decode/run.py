@@ -404,7 +404,9 @@ def bench_big_shape(
         act = torch.relu(x @ up.T).square()
         k = max(1, round(ratios[j % len(ratios)] * ffn_dim))
         top = act.flatten().topk(min(k + 1, ffn_dim)).values
-        t = float(top[-1]) if k < ffn_dim else -1.0  # keeps the k largest (fewer when act has fewer > 0)
+        # keeps the k largest (fewer when act has fewer > 0). The midpoint, not the (k+1)-th value itself:
+        # a threshold equal to an activation would make the check depend on float summation order.
+        t = float(top[-1] + top[-2]) / 2 if k < ffn_dim else -1.0
         idx = (act.flatten() > t).nonzero().squeeze(1)
         layers.append((up, down, w, x, t, idx))
         if read_ratios is not None:
