@@ -133,6 +133,10 @@ def test_generate_errors(model_dir, predictors, tmp_path, capsys):
     assert error(capsys, [*base, "--sparsity", "0,0", "--sparse-backend", "triton"]) == (
         "densa generate: error: --sparse-backend triton needs --device cuda"
     )
+    # no such device here (CPU build: not compiled with CUDA; CUDA build: no 100th GPU)
+    assert error(capsys, [*base, "--sparsity", "0,0", "--device", "cuda:99"]).startswith(
+        "densa generate: error: --device cuda:99: "
+    )
     assert error(capsys, [*base, "--sparse-backend", "torch"]) == (
         "densa generate: error: --sparse-backend and --device apply to the sparse path; add --sparsity"
     )

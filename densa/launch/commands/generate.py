@@ -151,7 +151,6 @@ def _kv_options(args) -> dict:
 
 def _check_sparse_args(args) -> list[float] | None:
     """The --sparsity layer thresholds (None: dense path); errors for flags that need --sparsity."""
-    import torch
 
     from densa.errors import DensaError
     from densa.launch.commands.sparsity import parse_thresholds
@@ -164,8 +163,6 @@ def _check_sparse_args(args) -> list[float] | None:
         if args.sparse_backend != "auto" or args.device != "cpu":
             raise DensaError("--sparse-backend and --device apply to the sparse path; add --sparsity")
         return None
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise DensaError(f"--device {args.device}: CUDA is not available")
     if args.sparse_backend == "triton" and not args.device.startswith("cuda"):
         raise DensaError("--sparse-backend triton needs --device cuda")
     return parse_thresholds(args.sparsity, "--sparsity")
@@ -180,7 +177,11 @@ def _generate_sparse(model, ids: list[int], args, tok, thresholds: list[float]) 
     from densa.inference import GenerationConfig, InferenceEngine
     from densa.sparsity.predictor_io import read_predictors_metadata
 
-    engine = InferenceEngine(model.to(args.device), tok)
+    try:
+        model = model.to(args.device)
+    except (RuntimeError, AssertionError) as err:  # torch raises AssertionError when built without CUDA
+        raise DensaError(f"--device {args.device}: {err}") from None
+    engine = InferenceEngine(model, tok)
     n_layers = model.config.n_layers
     if len(thresholds) != n_layers:
         raise DensaError(
