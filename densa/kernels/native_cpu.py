@@ -96,29 +96,19 @@ def _load() -> ctypes.CDLL:
         fn.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, ptr, cint]
         fn.restype = None
     fused = lib.densa_threshold_ffn_f32
-    fused.argtypes = [ptr, ptr, i64, ptr, i64, i64, i64, ptr, ptr, cint, ptr, ptr, ptr, cint]
+    fused.argtypes = [
+        ptr, ptr, i64, ptr, i64, i64, i64,  # gate, up, ld, down_t, ld_down, ffn_dim, dim
+        ptr, ptr, cint, ptr,                # x, t, activation, out
+        ptr, ptr, cint,                     # idx, h work buffers, threads
+    ]  # fmt: skip
     fused.restype = i64
     predicted = lib.densa_predicted_ffn_f32
     predicted.argtypes = [
-        ptr,
-        ptr,
-        i64,
-        ptr,
-        ptr,
-        i64,
-        ptr,
-        i64,
-        i64,
-        i64,
-        ptr,
-        ptr,
-        cint,
-        ptr,
-        ptr,
-        ptr,
-        ptr,
-    ]
-    predicted.argtypes += [ptr, cint]
+        ptr, ptr, i64,                      # predictor down [rank, dim], up [ffn_dim, rank], rank
+        ptr, ptr, i64, ptr, i64, i64, i64,  # gate, up, ld, down_t, ld_down, ffn_dim, dim
+        ptr, ptr, cint, ptr,                # x, t, activation, out
+        ptr, ptr, ptr, ptr, cint,           # idx, h, z, n_read work buffers, threads
+    ]  # fmt: skip
     predicted.restype = i64
     return lib
 
