@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -104,15 +105,25 @@ class InferenceEngine:
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         moe_top_k: int | None = None,
-        sparsity: Any | None = None,
-        predictors: str | os.PathLike | None = None,
+        sparsity: Any | None = "auto",
+        predictors: str | os.PathLike | None = "auto",
     ) -> InferenceEngine:
-        """From an HF / densa / MoE folder; `sparsity`: thresholds, a SparsityReport or a sparsity.json;
-        `predictors`: a predictors file (`densa sparsity predictors`) for the predicted sparse path."""
+        """From an HF / densa / MoE folder.
+
+        sparsity: thresholds, a SparsityReport or a sparsity.json for `generate(ffn="sparse")`; predictors:
+        a predictors file (`densa sparsity predictors`) for the predicted sparse path. "auto" (default):
+        the folder's own sparsity.json / predictors.safetensors (as `densa export` writes them), if any.
+        """
         loaded: LoadedModel = load_for_inference(
             path, tokenizer=tokenizer, dtype=dtype, device=device, moe_top_k=moe_top_k
         )
         engine = cls(loaded.model, loaded.tokenizer)
+        folder = Path(path)
+        if isinstance(sparsity, str) and sparsity == "auto":
+            sparsity = folder / "sparsity.json" if (folder / "sparsity.json").is_file() else None
+        if isinstance(predictors, str) and predictors == "auto":
+            found = folder / "predictors.safetensors"
+            predictors = found if found.is_file() else None
         if sparsity is not None:
             engine.set_sparsity(sparsity)
         if predictors is not None:

@@ -62,6 +62,24 @@ def _token_ids(tokenizer: Path) -> dict[str, int]:
     return {k: int(v) for k, v in ids.items() if v is not None}
 
 
+def _check_predictors(path: Path, config: ModelConfig) -> dict[str, Any]:
+    """The predictors file's metadata, after checking it was trained for this architecture."""
+    from densa.sparsity.errors import SparsityError
+    from densa.sparsity.predictor_io import read_predictors_metadata
+
+    try:
+        meta = read_predictors_metadata(path)
+    except SparsityError as err:
+        raise CheckpointError(str(err)) from None
+    have = (int(meta["n_layers"]), int(meta["dim"]), int(meta["ffn_dim"]))  # type: ignore[arg-type]
+    want = (config.n_layers, config.dim, config.ffn_dim)
+    if have != want:
+        raise CheckpointError(
+            f"{path}: predictors for n_layers, dim, ffn_dim = {have}; this model has {want}"
+        )
+    return meta
+
+
 def export_model(
     out: str | os.PathLike,
     config: ModelConfig,
@@ -75,9 +93,14 @@ def export_model(
     data: list[dict[str, Any]] | None = None,
     metrics: dict[str, Any] | None = None,
     sparsity_report: str | os.PathLike | None = None,
+    predictors: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the HF folder `out`; token ids for config/generation_config come from the tokenizer."""
+    """Write the HF folder `out`; token ids for config/generation_config come from the tokenizer.
+
+    sparsity_report / predictors: copied as sparsity.json / predictors.safetensors, which
+    `InferenceEngine.from_pretrained` picks up for `ffn="sparse"`.
+    """
     tok_path = Path(tokenizer) if tokenizer is not None else None
     if tok_path is not None:
         if not tok_path.exists():
@@ -93,12 +116,17 @@ def export_model(
         if not report_path.is_file():
             raise CheckpointError(f"{report_path}: sparsity report not found")
         sparsity = json.loads(report_path.read_text(encoding="utf-8"))
+    predictor_meta = None
+    if predictors is not None:
+        predictor_meta = _check_predictors(Path(predictors), config)
     with atomic_dir(out, overwrite) as tmp:
         save_hf(tmp, config, state, dtype=dtype, overwrite=True)
         if tok_path is not None:
             _write_tokenizer(tok_path, tmp)
         if sparsity is not None:
             (tmp / "sparsity.json").write_text(json.dumps(sparsity, indent=2) + "\n", encoding="utf-8")
+        if predictors is not None:
+            shutil.copyfile(predictors, tmp / "predictors.safetensors")
         card = CardInputs(
             name=name or Path(out).name,
             config=config,
@@ -107,6 +135,7 @@ def export_model(
             data=data or [],
             metrics=metrics or {},
             sparsity=sparsity,
+            predictors=predictor_meta,
             remote_code=hf_flavour(config) == "densa",
         )
         (tmp / "README.md").write_text(build_model_card(card), encoding="utf-8")

@@ -25,6 +25,8 @@ class CardInputs:
     """From `last_metrics`: train_loss, train_step, val_loss, val_ppl, val_step."""
     sparsity: dict[str, Any] | None = None
     """A SparsityReport as a dict (sparsity.json)."""
+    predictors: dict[str, Any] | None = None
+    """The predictors file's metadata (predictors.safetensors): rank, held-out metrics per layer."""
     remote_code: bool = False
     extra_tags: list[str] = field(default_factory=list)
 
@@ -157,6 +159,25 @@ def build_model_card(inputs: CardInputs) -> str:
             "",
             body,
         ]
+    if inputs.predictors is not None:
+        p = inputs.predictors
+        lines += [
+            "",
+            "## Neuron predictors",
+            "",
+            f"`predictors.safetensors`: one rank-{p['rank']} low-rank predictor per layer (Deja Vu) for the "
+            "predicted sparse-FFN path: only predicted rows of every FFN weight are read.",
+        ]
+        if p.get("metrics"):
+            lines += [
+                "",
+                "| layer | held-out recall | precision | predicted sparsity |",
+                "| ---: | ---: | ---: | ---: |",
+            ]
+            lines += [
+                f"| {m['layer']} | {m['recall']:.3f} | {m['precision']:.3f} | {m['predicted_sparsity']:.1%} |"
+                for m in p["metrics"]
+            ]
     trust = ", trust_remote_code=True" if inputs.remote_code else ""
     lines += [
         "",
@@ -169,13 +190,15 @@ def build_model_card(inputs: CardInputs) -> str:
         f'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO"{trust})',
         "```",
         "",
-        "or with densa's engine (sparse-FFN decode with the thresholds in sparsity.json, when present):",
+        'or with densa\'s engine (`ffn="sparse"` decodes with the thresholds in sparsity.json and the',
+        "predictors in predictors.safetensors, when present):",
         "",
         "```python",
         "from densa.inference import InferenceEngine, GenerationConfig",
         "",
         'engine = InferenceEngine.from_pretrained("PATH")',
-        'print(engine.generate(["Hello"], GenerationConfig(max_new_tokens=32)).generations[0].text)',
+        'out = engine.generate(["Hello"], GenerationConfig(max_new_tokens=32), ffn="sparse")',
+        "print(out.generations[0].text)",
         "```",
         "",
     ]

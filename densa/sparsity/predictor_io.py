@@ -32,7 +32,7 @@ def save_predictors(
         raise SparsityError("save_predictors: no predictors given")
     first = predictors[0]
     tensors = {
-        f"layers.{j}.{k}": v.detach().contiguous().cpu().float()
+        f"layers.{j}.{k}": v.detach().to("cpu", torch.float32).clone()  # clone: one layer's module may repeat
         for j, p in enumerate(predictors)
         for k, v in p.state_dict().items()
     }

@@ -160,3 +160,29 @@ def test_missing_files_name_path_and_file(run_dir, exported, tmp_path, capsys):
     assert main(["export", str(run), "--out", str(tmp_path / "x"), "--step", "2", "--tokenizer", "nope"]) == 1
     assert "nope: tokenizer not found" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_export_ships_predictors_that_the_engine_picks_up(run_dir, relu_model, tmp_path, capsys):
+    from densa.sparsity import LowRankPredictor, PredictorMetrics, save_predictors
+
+    c = relu_model.config
+    torch.manual_seed(0)
+    predictors = [LowRankPredictor(c.dim, c.ffn_dim, 4) for _ in range(c.n_layers)]
+    metrics = [PredictorMetrics(j, 4, 0.9, 0.5, 0.6, 0.4, 0.7) for j in range(c.n_layers)]
+    path = save_predictors(tmp_path / "p.safetensors", predictors, metrics=metrics)
+    out = tmp_path / "with_predictors"
+    assert main(["export", str(run_dir), "--out", str(out), "--predictors", str(path)]) == 0
+    assert (out / "predictors.safetensors").read_bytes() == path.read_bytes()
+    _, body = front_matter((out / "README.md").read_text())
+    assert "## Neuron predictors" in body and "| 1 | 0.900 | 0.500 | 40.0% |" in body
+    engine = InferenceEngine.from_pretrained(out)  # "auto": the folder's sparsity.json and predictors
+    assert engine.thresholds == [0.0] * c.n_layers and len(engine.predictors) == c.n_layers
+    plain = InferenceEngine.from_pretrained(out, sparsity=None, predictors=None)
+    assert plain.thresholds is None and plain.predictors is None
+    wide = save_predictors(
+        tmp_path / "wide.safetensors", [LowRankPredictor(c.dim, 2 * c.ffn_dim, 4)] * c.n_layers
+    )
+    capsys.readouterr()
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "bad"), "--predictors", str(wide)]) == 1
+    assert f"{wide}: predictors for n_layers, dim, ffn_dim = " in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

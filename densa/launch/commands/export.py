@@ -19,6 +19,9 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: as stored)")
     p.add_argument("--tokenizer", default=None, help="default: the recipe's data.tokenizer")
     p.add_argument("--sparsity-report", default=None, help="sparsity.json (default: one next to the source)")
+    p.add_argument(
+        "--predictors", default=None, help="predictors.safetensors (default: one next to the source)"
+    )
     p.add_argument("--license", default="apache-2.0", help="license in the model card's front matter")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload --out to this Hub repo")
@@ -94,6 +97,8 @@ def _export(args: argparse.Namespace) -> int:
         data=data_rows(recipe, base=run),
         metrics=last_metrics(run / "metrics.jsonl", _step(folder)) if run else {},
         sparsity_report=sparsity,
+        predictors=args.predictors
+        or _first(folder / "predictors.safetensors", run / "predictors.safetensors" if run else None),
         overwrite=args.overwrite,
     )
     print(f"exported {folder} -> {out}" + ("" if tokenizer else " (no tokenizer found; pass --tokenizer)"))
