@@ -2,7 +2,7 @@
 
 Why C: torch has no fused gather + matrix-vector op. index_select copies the rows before the product, and
 embedding_bag reads one row at a time. Both reach about a third of the 1/(1−s) bound. Reading 8 rows at
-once without a copy reaches 0.44–0.71 of it at s = 0.95–0.8 (docs/kernels.md).
+once without a copy reaches 0.57–0.73 of it at s = 0.95–0.8 (docs/kernels.md).
 
 Build: `cc -O3 -march=native -fopenmp -shared` (without -fopenmp when the compiler lacks it). The library
 goes to `$DENSA_CACHE/kernels` (default ~/.cache/densa/kernels), keyed by source, flags and host CPU, and is
