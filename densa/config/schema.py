@@ -196,7 +196,9 @@ class ProSparseSection:
     activation: str = "relu"
     """relu, or fatrelu (ReLU that also zeroes pre-activations ≤ fatrelu_threshold during training)."""
     fatrelu_threshold: float = 0.0
-    """FATReLU threshold T ≥ 0 (activation: fatrelu only); a runtime setting, not stored in checkpoints."""
+    """FATReLU threshold T ≥ 0 (activation: fatrelu only). Applied by hooks during training; the run's
+    checkpoints and exports record it as the trained model's activation_threshold, so they compute the same
+    FATReLU."""
     l1_stages: tuple[tuple[int, float], ...] = ()
     """Progressive L1 as [[end_step, lambda], ...]: λ rises on a quarter sine to each stage's lambda by its
     end step (ends increasing), then stays; empty: no L1."""

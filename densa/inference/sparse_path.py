@@ -149,7 +149,9 @@ def sparse_ffn_installed(
         raise NotImplementedError(
             "the sparse-FFN path needs dense FeedForward layers; an MoE model runs its own top-k experts"
         )
-    per_neuron = neuron_thresholds(model, list(layer_thresholds))
+    # FATReLU (T > 0): |a_i| > t with a_i = FATReLU(g_i) iff g_i > max(t, T); the kernels apply plain ReLU.
+    fat = model.config.activation_threshold
+    per_neuron = [t.clamp_min(fat) for t in neuron_thresholds(model, list(layer_thresholds))]
     originals = [block.ffn for block in model.layers]
     if predictors is not None and len(predictors) != len(originals):
         raise ValueError(f"{len(predictors)} predictors for {len(originals)} layers")

@@ -1,5 +1,6 @@
 """FFN activation functions by name. ReLU² (So et al., 2021; Zhang et al., 2024) is relu(x)**2."""
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -23,7 +24,17 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def fatrelu(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """FATReLU (ProSparse): x where x > threshold, else 0."""
+    return torch.where(x > threshold, x, torch.zeros_like(x))
+
+
+def get_activation(name: str, threshold: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation `name`; with threshold > 0 (relu only) FATReLU at that threshold."""
+    if threshold:
+        if name != "relu":
+            raise ValueError(f"an activation threshold needs relu (FATReLU), got {name!r}")
+        return functools.partial(fatrelu, threshold=float(threshold))
     try:
         return ACTIVATION_FUNCTIONS[name]
     except KeyError:

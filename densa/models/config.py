@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,9 @@ class ModelConfig:
     """FFN intermediate size (number of neurons per layer)."""
     activation: str = "silu"
     """FFN activation: relu, relu2 (squared ReLU), silu, gelu or gelu_tanh."""
+    activation_threshold: float = 0.0
+    """FATReLU threshold T ≥ 0 (activation relu only): a = x if x > T else 0. ProSparse runs trained with
+    `sparsity.prosparse.activation: fatrelu` record it here, so checkpoints and exports keep it."""
     gated: bool = True
     """Gated FFN act(x W_gate) * (x W_up) (SwiGLU, ReGLU, GeGLU); False gives act(x W_up)."""
     norm_eps: float = 1e-5
@@ -82,6 +86,13 @@ class ModelConfig:
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation: {self.activation!r} is not one of {ACTIVATIONS}")
+        if self.activation_threshold < 0 or not math.isfinite(self.activation_threshold):
+            raise ValueError(f"activation_threshold must be finite and >= 0, got {self.activation_threshold}")
+        if self.activation_threshold and self.activation != "relu":
+            raise ValueError(
+                f"activation_threshold ({self.activation_threshold}) needs activation: relu (FATReLU), "
+                f"got {self.activation!r}"
+            )
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "ffn_dim", "head_dim"):

@@ -24,7 +24,10 @@ class FeedForward(nn.Module):
             raise ValueError(f"ffn_dim ({config.ffn_dim}) must be divisible by tp ({tp_size})")
         self.gated = config.gated
         self.activation = config.activation
-        self.act_fn = get_activation(config.activation)
+        # FATReLU (activation_threshold > 0) lives in act_fn, so hook_act and the MoE/sparsity code that
+        # calls act_fn see the thresholded activations.
+        self.activation_threshold = config.activation_threshold
+        self.act_fn = get_activation(config.activation, config.activation_threshold)
         self.n_local_neurons = config.ffn_dim // tp_size
         up_out = 2 * config.ffn_dim if config.gated else config.ffn_dim
         if config.gated:

@@ -1,8 +1,9 @@
 """ProSparse building blocks: ReLU swap, progressive L1 on activations, FATReLU threshold shifting.
 
-FATReLU(x) = x if x > T else 0. With T ≥ 0 it equals ReLU applied after zeroing pre-activations ≤ T, so it is
-installed as a `hook_pre_act` forward hook on a ReLU model: no new activation name is needed in densa.models.
-The threshold is a runtime setting (not stored in checkpoints); re-install it after loading.
+FATReLU(x) = x if x > T else 0. With T ≥ 0 it equals ReLU applied after zeroing pre-activations ≤ T, so
+during training it is installed as a `hook_pre_act` forward hook on a ReLU model. The trained architecture
+records it as `ModelConfig.activation_threshold` (densa.train.methods.trained_model_config), so checkpoints
+read back, `densa eval` and HF exports apply the same function without the hook.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from densa.models.activations import get_activation
+from densa.models.activations import fatrelu, get_activation
 from densa.models.config import ModelConfig
 from densa.sparsity.errors import SparsityError, UnsupportedModelError
 from densa.sparsity.layers import ffn_layers, unwrap
 
 
 def relu_config(config: ModelConfig, activation: str = "relu") -> ModelConfig:
-    """The same architecture with a ReLU-family activation (gating kept: SwiGLU → ReGLU)."""
-    return dataclasses.replace(config, activation=activation)
+    """The same architecture with a plain ReLU-family activation (gating kept: SwiGLU → ReGLU; no FATReLU)."""
+    return dataclasses.replace(config, activation=activation, activation_threshold=0.0)
 
 
 def swap_activation(model: nn.Module, activation: str = "relu") -> nn.Module:
@@ -34,15 +35,11 @@ def swap_activation(model: nn.Module, activation: str = "relu") -> nn.Module:
     for layer in ffn_layers(model):
         layer.module.act_fn = fn
         layer.module.activation = activation
+        layer.module.activation_threshold = 0.0
     inner = unwrap(model)
     if isinstance(getattr(inner, "config", None), ModelConfig):
         inner.config = relu_config(inner.config, activation)
     return model
-
-
-def fatrelu(x: torch.Tensor, threshold: float) -> torch.Tensor:
-    """x where x > threshold, else 0."""
-    return torch.where(x > threshold, x, torch.zeros_like(x))
 
 
 @contextlib.contextmanager

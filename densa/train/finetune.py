@@ -50,7 +50,8 @@ def load_weights(path: str | os.PathLike) -> tuple[ModelConfig | None, dict[str,
 
 
 def _shape_fields(config: ModelConfig) -> dict:
-    skip = {"extra", "max_seq_len", "init_std"}
+    # Not a shape: a FATReLU checkpoint may seed a ReLU run (ProSparse applies its own T).
+    skip = {"extra", "max_seq_len", "init_std", "activation_threshold"}
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
 
 

@@ -26,9 +26,16 @@ from densa.train.callbacks import Callback
 
 
 def trained_model_config(cfg: RunConfig) -> ModelConfig:
-    """The architecture the run trains: cfg.model (the loaded model's) with ProSparse's ReLU swap applied."""
-    if cfg.sparsity.prosparse.enabled:
-        return dataclasses.replace(cfg.model, activation="relu")
+    """The architecture the run trains: cfg.model (the loaded model's) with ProSparse's ReLU swap applied.
+
+    With `activation: fatrelu` the threshold becomes `activation_threshold`, so a checkpoint read back (eval,
+    init.from_path, export) computes FATReLU natively. Only for reading back: the training model is built
+    from cfg.model and gets the threshold from FATReLUCallback's hooks, never from both.
+    """
+    ps = cfg.sparsity.prosparse
+    if ps.enabled:
+        threshold = ps.fatrelu_threshold if ps.activation == "fatrelu" else 0.0
+        return dataclasses.replace(cfg.model, activation="relu", activation_threshold=threshold)
     return cfg.model
 
 

@@ -117,6 +117,8 @@ def config_from_hf(hf: dict[str, Any], *, max_seq_len: int | None = None) -> Mod
         max_seq_len=seq_len,
         qkv_bias=qkv_bias,
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        # Only densa's remote code applies it; Llama/Qwen2 classes would ignore the key, so must we.
+        activation_threshold=float(hf.get("activation_threshold") or 0.0) if model_type == "densa" else 0.0,
         extra=extra,
     )
 
@@ -125,6 +127,8 @@ def hf_flavour(config: ModelConfig) -> str:
     """Which HF class family an export uses: qwen2 (if it came from Qwen2), llama, or densa (remote code)."""
     if not config.gated:
         return "densa"  # no HF class has a plain (non-gated) FFN on a Llama body
+    if config.activation_threshold:
+        return "densa"  # nor FATReLU: hidden_act relu would silently drop the threshold
     if config.extra.get("hf_model_type") == "qwen2" and config.qkv_bias:
         return "qwen2"
     return "llama"
@@ -187,6 +191,11 @@ def config_to_hf(config: ModelConfig, dtype: str) -> dict[str, Any]:
                 model_type="densa",
                 architectures=["DensaForCausalLM"],
                 gated_ffn=config.gated,
+                **(
+                    {"activation_threshold": config.activation_threshold}
+                    if config.activation_threshold
+                    else {}
+                ),
                 auto_map={
                     "AutoConfig": "configuration_densa.DensaConfig",
                     "AutoModelForCausalLM": "modeling_densa.DensaForCausalLM",

@@ -65,7 +65,8 @@ def save_hf(
         log.warning(
             "%s: HF has no class for a %s FFN; wrote modeling_densa.py, load with trust_remote_code=True",
             path,
-            config.ffn_name,
+            config.ffn_name
+            + (f" with FATReLU T={config.activation_threshold}" if config.activation_threshold else ""),
         )
     else:
         log.info("%s: exported as %s", path, hf_config["architectures"][0])

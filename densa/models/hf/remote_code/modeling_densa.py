@@ -2,7 +2,8 @@
 
 Written next to exported weights by densa; needs only torch and transformers (densa need not be
 installed). The body is Llama's (RMSNorm, RoPE, GQA, KV cache, generation); only the FFN differs:
-with `gated_ffn: false` each layer computes act(x W_up) W_down, e.g. the ReLU² FFN.
+with `gated_ffn: false` each layer computes act(x W_up) W_down, e.g. the ReLU² FFN; with
+`activation_threshold` T > 0 (hidden_act relu) the activation is FATReLU, x if x > T else 0 (ProSparse).
 """
 
 import torch
@@ -17,6 +18,20 @@ def _activation(name):
     if name == "relu2" and name not in ACT2FN:  # older transformers lack squared ReLU
         return lambda x: torch.relu(x).square()
     return ACT2FN[name]
+
+
+class FATReLU(nn.Module):
+    """x where x > threshold, else 0."""
+
+    def __init__(self, threshold):
+        super().__init__()
+        self.threshold = float(threshold)
+
+    def forward(self, x):
+        return torch.where(x > self.threshold, x, torch.zeros_like(x))
+
+    def extra_repr(self):
+        return f"threshold={self.threshold}"
 
 
 class DensaPlainMLP(nn.Module):
@@ -41,3 +56,9 @@ class DensaForCausalLM(LlamaForCausalLM):
             for layer in self.model.layers:
                 layer.mlp = DensaPlainMLP(config)
             self.post_init()  # initialise the replaced modules like the rest
+        threshold = float(getattr(config, "activation_threshold", 0.0) or 0.0)
+        if threshold:
+            if config.hidden_act != "relu":
+                raise ValueError(f"activation_threshold needs hidden_act relu, got {config.hidden_act!r}")
+            for layer in self.model.layers:
+                layer.mlp.act_fn = FATReLU(threshold)  # Llama's gated MLP and DensaPlainMLP both call act_fn
