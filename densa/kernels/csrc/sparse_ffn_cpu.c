@@ -99,14 +99,14 @@ void densa_gather_axpy_f32(const float *Wt, int64_t ld, const int64_t *idx, int6
 }
 
 /* ---------------------------------------------------------------------------------------------------------
- * threshold_ffn: the whole exact-threshold FFN for one token in one call (decode of small models, where a
- * dozen torch ops cost more than the bytes they skip). act: 0 relu, 1 relu2, 2 silu.
- *   g_i = dot(gate_i, x); a_i = act(g_i); active iff |a_i| > t_i
- *   h_i = a_i * dot(up_i, x) (gated) or a_i (plain), active rows only
- *   out = sum over active i of h_i * down_t[i]
- * Rows are split over threads; each thread compacts its active rows into its own range of idx/h (which
- * start at its first row), then the ranges are joined and the down pass splits the output columns.
- * Returns the number of active neurons.
+ * Whole one-token FFNs in one call (decode of small models, where a dozen torch ops cost more than the bytes
+ * they skip). act: 0 relu, 1 relu2, 2 silu.
+ *   threshold_ffn: g_i = dot(gate_i, x); a_i = act(g_i); neuron i active iff |a_i| > t_i
+ *   predicted_ffn: the same over only the rows a low-rank predictor selects (Deja Vu):
+ *                  z = P_down x [rank]; row i is read iff dot(P_up[i], z) >= 0
+ *   h_i = a_i * dot(up_i, x) (gated) or a_i (plain), active rows only; out = sum over active i of h_i down_t[i]
+ * Rows are split over threads; each thread compacts its active rows into its own range of idx/h (starting
+ * at its first row), then the ranges are joined and the down pass splits the output columns.
  */
 static inline float activate(float v, int act) {
     if (act == 0) return v > 0.f ? v : 0.f;
@@ -114,92 +114,86 @@ static inline float activate(float v, int act) {
     return v / (1.f + expf(-v));
 }
 
-int64_t densa_threshold_ffn_f32(const float *gate, const float *up, int64_t ld, const float *down_t,
-                                int64_t ld_down, int64_t F, int64_t d, const float *x, const float *t, int act,
-                                float *out, int64_t *idx, float *h, int nthreads) {
-    int64_t counts[256];
-    int T = nthreads < 1 ? 1 : (nthreads > 256 ? 256 : nthreads);
-#pragma omp parallel num_threads(T)
-    {
-        int tid = 0, nt = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        nt = omp_get_num_threads();
-#endif
-        const int64_t lo = F * tid / nt, hi = F * (tid + 1) / nt;
-        int64_t n = 0;
-        float g[ROWS];
-        const float *r[ROWS];
-        for (int64_t k0 = lo; k0 < hi; k0 += ROWS) {
-            const int nr = (int)(hi - k0 < ROWS ? hi - k0 : ROWS);
-            for (int i = 0; i < nr; i++) r[i] = gate + (k0 + i) * ld;
-            dot_rows(r, nr, x, d, g, 1);
-            for (int i = 0; i < nr; i++) {
-                const float a = activate(g[i], act);
-                if (fabsf(a) > t[k0 + i]) {
-                    idx[lo + n] = k0 + i;
-                    h[lo + n] = a;
-                    n++;
-                }
-            }
-        }
-        if (up != 0) { /* gated: the up rows of the active set only */
-            for (int64_t k0 = 0; k0 < n; k0 += ROWS) {
-                const int nr = (int)(n - k0 < ROWS ? n - k0 : ROWS);
-                for (int i = 0; i < nr; i++) r[i] = up + idx[lo + k0 + i] * ld;
-                dot_rows(r, nr, x, d, g, 1);
-                for (int i = 0; i < nr; i++) h[lo + k0 + i] *= g[i];
-            }
-        }
-        counts[tid] = n;
-#pragma omp barrier
-#pragma omp single
-        {
-            int64_t total = counts[0];
-            for (int i = 1; i < nt; i++) {
-                const int64_t start = F * i / nt;
-                for (int64_t j = 0; j < counts[i]; j++) {
-                    idx[total + j] = idx[start + j];
-                    h[total + j] = h[start + j];
-                }
-                total += counts[i];
-            }
-            counts[0] = total;
-        }
-        /* implicit barrier after single: idx/h [0, K) are complete */
-        const int64_t K = counts[0];
-        const int64_t per = ((d + nt - 1) / nt + 15) / 16 * 16;
-        const int64_t clo = tid * per < d ? tid * per : d;
-        const int64_t chi = clo + per < d ? clo + per : d;
-        for (int64_t j = clo; j < chi; j++) out[j] = 0.f;
-        for (int64_t k0 = 0; k0 < K && clo < chi; k0 += ROWS) {
-            const int nr = (int)(K - k0 < ROWS ? K - k0 : ROWS);
-            for (int i = 0; i < nr; i++) r[i] = down_t + idx[k0 + i] * ld_down;
-            axpy_rows(r, h + k0, 1, nr, clo, chi, out);
-        }
+/* rows [lo, hi) with dot(P_up[i], z) >= 0 -> idx[0, m); returns m */
+static int64_t select_predicted(const float *p_up, int64_t rank, const float *z, int64_t lo, int64_t hi,
+                                int64_t *idx) {
+    int64_t m = 0;
+    float g[ROWS];
+    const float *r[ROWS];
+    for (int64_t k0 = lo; k0 < hi; k0 += ROWS) {
+        const int nr = (int)(hi - k0 < ROWS ? hi - k0 : ROWS);
+        for (int i = 0; i < nr; i++) r[i] = p_up + (k0 + i) * rank;
+        dot_rows(r, nr, z, rank, g, 1);
+        for (int i = 0; i < nr; i++)
+            if (g[i] >= 0.f) idx[m++] = k0 + i;
     }
-    return counts[0];
+    return m;
 }
 
-/* ---------------------------------------------------------------------------------------------------------
- * predicted_ffn: one token's FFN reading only the rows a low-rank predictor selects (Deja Vu), in one call.
- *   z = P_down x  [r];  neuron i is read iff dot(P_up[i], z) >= 0;  of those, active iff |act(gate_i x)| > t_i
- *   out = sum over active i of h_i * down_t[i]   (h as in threshold_ffn)
- * z is computed by one thread (r dots, small); rows are then split over threads as in threshold_ffn.
- * Returns the number of active neurons; *n_read receives the number of predicted (read) neurons.
- */
-int64_t densa_predicted_ffn_f32(const float *p_down, const float *p_up, int64_t rank, const float *gate,
-                                const float *up, int64_t ld, const float *down_t, int64_t ld_down, int64_t F,
-                                int64_t d, const float *x, const float *t, int act, float *out, int64_t *idx,
-                                float *h, float *z, int64_t *n_read, int nthreads) {
-    int64_t counts[256], reads[256];
-    int T = nthreads < 1 ? 1 : (nthreads > 256 ? 256 : nthreads);
-    const float *pr[ROWS];
-    for (int64_t k0 = 0; k0 < rank; k0 += ROWS) {
-        const int nr = (int)(rank - k0 < ROWS ? rank - k0 : ROWS);
-        for (int i = 0; i < nr; i++) pr[i] = p_down + (k0 + i) * d;
-        dot_rows(pr, nr, x, d, z + k0, 1);
+/* The gate pass over candidate rows: rows [lo, hi) when listed is 0, else the m rows in idx (compacted in
+ * place, which is safe: the n-th kept row is written at or before the position it was read from).
+ * Active rows -> idx[0, n), their activations -> h[0, n); returns n. */
+static int64_t gate_pass(const float *gate, int64_t ld, const float *x, int64_t d, const float *t, int act,
+                         int64_t lo, int64_t hi, int listed, int64_t m, int64_t *idx, float *h) {
+    const int64_t count = listed ? m : hi - lo;
+    int64_t n = 0;
+    float g[ROWS];
+    const float *r[ROWS];
+    int64_t rows[ROWS];
+    for (int64_t k0 = 0; k0 < count; k0 += ROWS) {
+        const int nr = (int)(count - k0 < ROWS ? count - k0 : ROWS);
+        for (int i = 0; i < nr; i++) {
+            rows[i] = listed ? idx[k0 + i] : lo + k0 + i;
+            r[i] = gate + rows[i] * ld;
+        }
+        dot_rows(r, nr, x, d, g, 1);
+        for (int i = 0; i < nr; i++) {
+            const float a = activate(g[i], act);
+            if (fabsf(a) > t[rows[i]]) {
+                idx[n] = rows[i];
+                h[n] = a;
+                n++;
+            }
+        }
     }
+    return n;
+}
+
+/* gated FFNs: h_k *= dot(up[idx[k]], x), reading the up rows of the active set only */
+static void up_pass(const float *up, int64_t ld, const float *x, int64_t d, const int64_t *idx, int64_t n,
+                    float *h) {
+    float g[ROWS];
+    const float *r[ROWS];
+    for (int64_t k0 = 0; k0 < n; k0 += ROWS) {
+        const int nr = (int)(n - k0 < ROWS ? n - k0 : ROWS);
+        for (int i = 0; i < nr; i++) r[i] = up + idx[k0 + i] * ld;
+        dot_rows(r, nr, x, d, g, 1);
+        for (int i = 0; i < nr; i++) h[k0 + i] *= g[i];
+    }
+}
+
+/* out[clo, chi) of this thread's column slice = sum over k < K of h[k] * down_t[idx[k]] */
+static void down_pass(const float *down_t, int64_t ld_down, const int64_t *idx, const float *h, int64_t K,
+                      int64_t d, int tid, int nt, float *out) {
+    const float *r[ROWS];
+    const int64_t per = ((d + nt - 1) / nt + 15) / 16 * 16; /* whole cache lines per thread */
+    const int64_t clo = tid * per < d ? tid * per : d;
+    const int64_t chi = clo + per < d ? clo + per : d;
+    for (int64_t j = clo; j < chi; j++) out[j] = 0.f;
+    for (int64_t k0 = 0; k0 < K && clo < chi; k0 += ROWS) {
+        const int nr = (int)(K - k0 < ROWS ? K - k0 : ROWS);
+        for (int i = 0; i < nr; i++) r[i] = down_t + idx[k0 + i] * ld_down;
+        axpy_rows(r, h + k0, 1, nr, clo, chi, out);
+    }
+}
+
+/* Shared body; p_up == 0 for threshold_ffn. Returns the active count; *n_read (if given) the rows read. */
+static int64_t fused_ffn(const float *p_up, int64_t rank, const float *z, const float *gate, const float *up,
+                         int64_t ld, const float *down_t, int64_t ld_down, int64_t F, int64_t d, const float *x,
+                         const float *t, int act, float *out, int64_t *idx, float *h, int64_t *n_read,
+                         int nthreads) {
+    int64_t counts[256], reads[256];
+    const int T = nthreads < 1 ? 1 : (nthreads > 256 ? 256 : nthreads);
 #pragma omp parallel num_threads(T)
     {
         int tid = 0, nt = 1;
@@ -208,48 +202,14 @@ int64_t densa_predicted_ffn_f32(const float *p_down, const float *p_up, int64_t 
         nt = omp_get_num_threads();
 #endif
         const int64_t lo = F * tid / nt, hi = F * (tid + 1) / nt;
-        int64_t n = 0, m = 0;
-        float g[ROWS];
-        const float *r[ROWS];
-        /* predicted rows of [lo, hi) into idx[lo ...] (m of them) */
-        for (int64_t k0 = lo; k0 < hi; k0 += ROWS) {
-            const int nr = (int)(hi - k0 < ROWS ? hi - k0 : ROWS);
-            for (int i = 0; i < nr; i++) r[i] = p_up + (k0 + i) * rank;
-            dot_rows(r, nr, z, rank, g, 1);
-            for (int i = 0; i < nr; i++)
-                if (g[i] >= 0.f) idx[lo + m++] = k0 + i;
-        }
-        /* gate rows of the predicted set; keep the active ones, compacted in place (n <= position) */
-        for (int64_t k0 = 0; k0 < m; k0 += ROWS) {
-            const int nr = (int)(m - k0 < ROWS ? m - k0 : ROWS);
-            int64_t rows[ROWS];
-            for (int i = 0; i < nr; i++) {
-                rows[i] = idx[lo + k0 + i];
-                r[i] = gate + rows[i] * ld;
-            }
-            dot_rows(r, nr, x, d, g, 1);
-            for (int i = 0; i < nr; i++) {
-                const float a = activate(g[i], act);
-                if (fabsf(a) > t[rows[i]]) {
-                    idx[lo + n] = rows[i];
-                    h[lo + n] = a;
-                    n++;
-                }
-            }
-        }
-        if (up != 0) {
-            for (int64_t k0 = 0; k0 < n; k0 += ROWS) {
-                const int nr = (int)(n - k0 < ROWS ? n - k0 : ROWS);
-                for (int i = 0; i < nr; i++) r[i] = up + idx[lo + k0 + i] * ld;
-                dot_rows(r, nr, x, d, g, 1);
-                for (int i = 0; i < nr; i++) h[lo + k0 + i] *= g[i];
-            }
-        }
+        const int64_t m = p_up != 0 ? select_predicted(p_up, rank, z, lo, hi, idx + lo) : hi - lo;
+        const int64_t n = gate_pass(gate, ld, x, d, t, act, lo, hi, p_up != 0, m, idx + lo, h + lo);
+        if (up != 0) up_pass(up, ld, x, d, idx + lo, n, h + lo);
         counts[tid] = n;
         reads[tid] = m;
 #pragma omp barrier
 #pragma omp single
-        {
+        { /* join the threads' ranges: thread i's start F*i/nt >= the total before it, so copies go left */
             int64_t total = counts[0], read = reads[0];
             for (int i = 1; i < nt; i++) {
                 const int64_t start = F * i / nt;
@@ -262,18 +222,30 @@ int64_t densa_predicted_ffn_f32(const float *p_down, const float *p_up, int64_t 
             }
             counts[0] = total;
             reads[0] = read;
-        }
-        const int64_t K = counts[0];
-        const int64_t per = ((d + nt - 1) / nt + 15) / 16 * 16;
-        const int64_t clo = tid * per < d ? tid * per : d;
-        const int64_t chi = clo + per < d ? clo + per : d;
-        for (int64_t j = clo; j < chi; j++) out[j] = 0.f;
-        for (int64_t k0 = 0; k0 < K && clo < chi; k0 += ROWS) {
-            const int nr = (int)(K - k0 < ROWS ? K - k0 : ROWS);
-            for (int i = 0; i < nr; i++) r[i] = down_t + idx[k0 + i] * ld_down;
-            axpy_rows(r, h + k0, 1, nr, clo, chi, out);
-        }
+        } /* implicit barrier: idx/h [0, K) are complete */
+        down_pass(down_t, ld_down, idx, h, counts[0], d, tid, nt, out);
     }
-    *n_read = reads[0];
+    if (n_read != 0) *n_read = reads[0];
     return counts[0];
+}
+
+int64_t densa_threshold_ffn_f32(const float *gate, const float *up, int64_t ld, const float *down_t,
+                                int64_t ld_down, int64_t F, int64_t d, const float *x, const float *t, int act,
+                                float *out, int64_t *idx, float *h, int nthreads) {
+    return fused_ffn(0, 0, 0, gate, up, ld, down_t, ld_down, F, d, x, t, act, out, idx, h, 0, nthreads);
+}
+
+/* z [rank] is a work buffer: z = P_down x is computed here, once (rank dots: small), before the threads. */
+int64_t densa_predicted_ffn_f32(const float *p_down, const float *p_up, int64_t rank, const float *gate,
+                                const float *up, int64_t ld, const float *down_t, int64_t ld_down, int64_t F,
+                                int64_t d, const float *x, const float *t, int act, float *out, int64_t *idx,
+                                float *h, float *z, int64_t *n_read, int nthreads) {
+    const float *r[ROWS];
+    for (int64_t k0 = 0; k0 < rank; k0 += ROWS) {
+        const int nr = (int)(rank - k0 < ROWS ? rank - k0 : ROWS);
+        for (int i = 0; i < nr; i++) r[i] = p_down + (k0 + i) * d;
+        dot_rows(r, nr, x, d, z + k0, 1);
+    }
+    return fused_ffn(p_up, rank, z, gate, up, ld, down_t, ld_down, F, d, x, t, act, out, idx, h, n_read,
+                     nthreads);
 }
