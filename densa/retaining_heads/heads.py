@@ -11,6 +11,7 @@ The heads are registered as the submodule `model.retaining_heads`, so `model.sta
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -28,8 +29,16 @@ HEADS_ATTR = "retaining_heads"
 
 
 def model_fingerprint(config: ModelConfig) -> str:
-    """Hash of the model config: heads fit a model only if its shapes and numerics are the same."""
-    blob = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    """Hash of the model config: heads fit a model only if its shapes and numerics are the same.
+
+    Fields at their default value are left out, so adding a field to ModelConfig (with a default) keeps
+    the fingerprints of heads saved before it."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    blob = json.dumps(
+        {k: v for k, v in config.to_dict().items() if k not in defaults or v != defaults[k]},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

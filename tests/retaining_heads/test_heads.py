@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -151,6 +152,22 @@ def test_save_load_roundtrip_and_fingerprint(model: Transformer, tmp_path) -> No
         load_heads(other, path)
     with pytest.raises(RetainingHeadsError, match="no such retaining-heads file"):
         load_heads(other, tmp_path / "missing.safetensors")
+
+
+def test_fingerprint_survives_a_new_config_field_at_its_default() -> None:
+    """Heads saved before ModelConfig grew a field must still load; a non-default value must not."""
+    from densa.models.config import ModelConfig
+    from densa.retaining_heads.heads import model_fingerprint
+
+    @dataclasses.dataclass(frozen=True)
+    class Grown(ModelConfig):
+        new_knob: float = 0.0
+
+    base = tiny_model_config()
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(ModelConfig)}
+    assert model_fingerprint(Grown(**fields)) == model_fingerprint(base)
+    assert model_fingerprint(Grown(**fields, new_knob=0.5)) != model_fingerprint(base)
+    assert model_fingerprint(tiny_model_config(n_kv_heads=4)) != model_fingerprint(base)
 
 
 def test_callback_checks_frozen_backbone_and_saves(model: Transformer, tmp_path) -> None:
