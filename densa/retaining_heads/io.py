@@ -3,14 +3,13 @@ holds the model fingerprint (config hash), hidden size and activation."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from densa.models.tagged_safetensors import read_tagged_metadata, write_tagged
 from densa.models.transformer import Transformer
 from densa.retaining_heads.errors import RetainingHeadsError
 from densa.retaining_heads.heads import RetainingHeads, attach_heads, check_fingerprint, get_heads
@@ -30,29 +29,12 @@ def heads_metadata(model: Transformer) -> dict[str, object]:
 
 def save_heads(path: str | os.PathLike, model: Transformer) -> Path:
     """Write the attached heads to `path` (a .safetensors file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous().cpu() for k, v in heads_state_dict(model).items()}
-    meta = {k: json.dumps(v) for k, v in heads_metadata(model).items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, tmp, metadata=meta)
-    tmp.replace(path)
-    return path
+    return write_tagged(path, tensors, heads_metadata(model))
 
 
 def read_heads_metadata(path: str | os.PathLike) -> dict[str, object]:
-    path = Path(path)
-    if not path.is_file():
-        raise RetainingHeadsError(f"{path}: no such retaining-heads file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-        meta = {k: json.loads(v) for k, v in raw.items()}
-    except Exception as err:  # safetensors raises several types for a corrupt header
-        raise RetainingHeadsError(f"{path}: not a safetensors file ({err})") from None
-    if meta.get("format") != FORMAT:
-        raise RetainingHeadsError(f"{path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
+    return read_tagged_metadata(path, FORMAT, "retaining-heads", RetainingHeadsError)
 
 
 def load_heads(model: Transformer, path: str | os.PathLike) -> RetainingHeads:

@@ -3,15 +3,14 @@ the shapes they were trained for, the layer thresholds that defined "active" and
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from densa.models.tagged_safetensors import read_tagged_metadata, write_tagged
 from densa.sparsity.errors import SparsityError
 from densa.sparsity.layers import ffn_layers
 from densa.sparsity.predictor import LowRankPredictor, PredictorMetrics
@@ -46,27 +45,11 @@ def save_predictors(
         "layer_thresholds": None if layer_thresholds is None else [float(t) for t in layer_thresholds],
         "metrics": [m.to_dict() for m in metrics],
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in meta.items()})
-    tmp.replace(path)
-    return path
+    return write_tagged(path, tensors, meta)
 
 
 def read_predictors_metadata(path: str | os.PathLike) -> dict[str, object]:
-    path = Path(path)
-    if not path.is_file():
-        raise SparsityError(f"{path}: no such predictors file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-        meta = {k: json.loads(v) for k, v in raw.items()}
-    except Exception as err:  # safetensors raises several types for a corrupt header
-        raise SparsityError(f"{path}: not a safetensors file ({err})") from None
-    if meta.get("format") != FORMAT:
-        raise SparsityError(f"{path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
+    return read_tagged_metadata(path, FORMAT, "predictors", SparsityError)
 
 
 def load_predictors(path: str | os.PathLike, model: torch.nn.Module | None = None) -> list[LowRankPredictor]:
