@@ -21,14 +21,14 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check densa tests benchmarks
-	$(VENV)/bin/ruff format --check densa tests benchmarks
+	$(VENV)/bin/ruff format --check densa tests benchmarks docs
 	$(PY) -m pytest -q -m "not gpu and not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check densa tests benchmarks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format densa tests benchmarks
+	$(VENV)/bin/ruff format densa tests benchmarks docs
 	$(VENV)/bin/ruff check --fix densa tests benchmarks
 
 clean:
