@@ -156,14 +156,26 @@ class SnapKVPolicy(KVPolicy):
 
 
 class LocretPolicy(KVPolicy):
-    """Static scores from the model's retaining heads (computed when an entry enters the cache)."""
+    """Static scores from the model's retaining heads (computed when an entry enters the cache).
+
+    n_sink > 0 also keeps the first n_sink tokens whatever their score: the attention sink of models whose
+    inputs carry no BOS, which heads trained briefly can rank low (benchmarks/results/locret_smollm2.md).
+    """
 
     name = "locret"
 
-    def __init__(self, n_stabilizers: int = 4, heads: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, n_stabilizers: int = 4, heads: str | os.PathLike | None = None, n_sink: int = 0
+    ) -> None:
         super().__init__(n_stabilizers)
+        if n_sink < 0:
+            raise ValueError(f"locret: n_sink must be ≥ 0, got {n_sink}")
         self.heads_path = heads
+        self.n_sink = n_sink
         self._heads = None
+
+    def reserved(self, budget: int) -> int:
+        return self.n_sink + self.stabilizers(budget)
 
     def bind(self, model: Transformer) -> None:
         from densa.retaining_heads import get_heads, has_heads, load_heads
@@ -190,7 +202,8 @@ class LocretPolicy(KVPolicy):
         self._heads.scores[layer] = None
 
     def scores(self, layer: int, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.state[layer]["score"]
+        score = self.state[layer]["score"]
+        return score.masked_fill(positions < self.n_sink, math.inf) if self.n_sink else score
 
 
 POLICIES: dict[str, type[KVPolicy]] = {

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from densa.longctx import KVPolicy, PolicySession, build_policy, generate_with_policy
+from densa.longctx import KVPolicy, KVPolicyError, PolicySession, build_policy, generate_with_policy
 from densa.longctx.policies import attention_probs
 from densa.models import Transformer
 from densa.models.hooks import capture
@@ -85,6 +85,25 @@ def test_locret_keeps_top_head_scores(model: Transformer) -> None:
         s.prefill(ids)
         kept = s.finish().kept_positions[0]
     assert torch.equal(kept, full.topk(9, dim=-1).indices.sort(dim=-1).values)
+
+
+def test_locret_sink_keeps_first_tokens_then_top_head_scores(model: Transformer) -> None:
+    ids = random_tokens(model.config, seq=36)
+    model(ids)
+    full = get_heads(model).scores[0]  # [B, Hkv, T]
+    with PolicySession(model, build_policy("locret", n_stabilizers=0, n_sink=3), budget=9, chunk=4) as s:
+        s.prefill(ids)
+        kept = s.finish().kept_positions[0]
+    rest = full[..., 3:].topk(6, dim=-1).indices + 3  # the 6 best-scored entries after the sinks
+    expected = torch.cat([torch.arange(3).expand(*rest.shape[:-1], 3), rest], dim=-1).sort(dim=-1).values
+    assert torch.equal(kept, expected)
+    assert not torch.equal(kept, full.topk(9, dim=-1).indices.sort(dim=-1).values)  # the sink changed it
+    sinks_only = build_policy("locret", n_stabilizers=0, n_sink=3)
+    with (
+        pytest.raises(KVPolicyError, match=r"budget 2 is smaller than the 3 entries .* \+ sinks 3\)"),
+        PolicySession(model, sinks_only, budget=2, chunk=4),
+    ):
+        pass
 
 
 def test_h2o_scores_are_normalised_received_attention(model: Transformer) -> None:
