@@ -36,9 +36,13 @@ from densa.models import Transformer
 from densa.models.hf.importer import load_hf_model
 from densa.retaining_heads import heads_loss, load_heads, save_heads, train_heads
 
-POLICIES = ["full", "streaming_llm", "h2o", "snapkv", "random", "locret", "locret_recent_half"]
-# Locret with half the budget as stabilizers (the paper's Phi-3 setting: 3000 of 6000; H2O's default too).
-VARIANTS = {"locret_recent_half": ("locret", lambda budget: {"n_stabilizers": budget // 2})}
+POLICIES = ["full", "streaming_llm", "h2o", "snapkv", "random", "locret", "locret_recent_half", "locret_sink"]
+VARIANTS = {
+    # half the budget as stabilizers (the paper's Phi-3 setting: 3000 of 6000; H2O's default too)
+    "locret_recent_half": ("locret", lambda budget: {"n_stabilizers": budget // 2}),
+    # the first 4 tokens kept too: these windows have no BOS, and the heads rank the attention sink low
+    "locret_sink": ("locret", lambda budget: {"n_sink": 4}),
+}
 SEQ, TAIL = 1024, 64
 KINDS = ["continuation", "quote"]
 
