@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -166,25 +167,7 @@ def fit_predictors(
     return predictors, metrics
 
 
-def predictivity(
-    model: nn.Module,
-    seqs: torch.Tensor,
-    rank: int,
-    *,
-    layer_thresholds: Sequence[float] | None = None,
-    max_tokens: int | None = 8192,
-    batch_size: int = 8,
-    seed: int = 0,
-    **train_kwargs,
-) -> list[PredictorMetrics]:
-    """Held-out metrics of one predictor per FFN layer (`fit_predictors` without keeping the predictors)."""
-    return fit_predictors(
-        model,
-        seqs,
-        rank,
-        layer_thresholds=layer_thresholds,
-        max_tokens=max_tokens,
-        batch_size=batch_size,
-        seed=seed,
-        **train_kwargs,
-    )[1]
+def predictivity(model: nn.Module, seqs: torch.Tensor, rank: int, **kwargs: Any) -> list[PredictorMetrics]:
+    """Held-out metrics of one predictor per FFN layer: `fit_predictors` (same arguments) without the
+    predictors themselves."""
+    return fit_predictors(model, seqs, rank, **kwargs)[1]
