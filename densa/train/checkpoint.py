@@ -13,7 +13,8 @@ the next start. Contents:
 
 DeepSpeed's own format is used for model and optimizer because it already knows how to save and reload
 ZeRO-partitioned optimizer state across stages; the partition layout ties a ZeRO ≥ 1 checkpoint to its
-DP size, which `load` checks before DeepSpeed would fail obscurely.
+DP size, which `load` checks before DeepSpeed would fail obscurely. Every .pt file is read weights-only
+(`densa.train.safe_load`): a file with pickled code is refused, never executed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from densa.errors import CheckpointError
+from densa.train import safe_load
 
 if TYPE_CHECKING:
     from densa.models.config import ModelConfig
@@ -139,7 +141,7 @@ def checkpoint_weights(
     """
     ds_dir = Path(folder) / "deepspeed"
     shards = sorted(ds_dir.glob("mp_rank_*_model_states.pt"))
-    modules = [torch.load(path, map_location="cpu", weights_only=False)["module"] for path in shards]
+    modules = [safe_load.load(path)["module"] for path in shards]
     if len(modules) > 1:
         from densa.models.parallel import join_shards
 
@@ -198,7 +200,7 @@ class CheckpointManager:
             tmp.mkdir(parents=True)
         eng.barrier()
         self.engine.save(tmp)
-        torch.save(eng.rng_state(), tmp / f"rng_rank{self.rank}.pt")
+        safe_load.save(eng.rng_state(), tmp / f"rng_rank{self.rank}.pt")
         if self.rank == 0:
             record = {
                 **asdict(state),
@@ -206,7 +208,7 @@ class CheckpointManager:
                 "topology": topology(self.engine),
             }
             (tmp / STATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-            torch.save(callback_state, tmp / CALLBACKS_FILE)
+            safe_load.save(callback_state, tmp / CALLBACKS_FILE)
             (tmp / RECIPE_FILE).write_text(recipe_yaml)
         eng.barrier()
         if before_commit is not None:
@@ -248,9 +250,7 @@ class CheckpointManager:
         self.engine.load_scheduler_state(record.pop("scheduler"))
         rng = path / f"rng_rank{self.rank}.pt"
         if rng.is_file():
-            eng.set_rng_state(torch.load(rng, weights_only=False))
+            eng.set_rng_state(safe_load.load(rng, allow=safe_load.legacy_rng_globals()))
         state = TrainState(**{k: record[k] for k in asdict(TrainState())})
-        callbacks = (
-            torch.load(path / CALLBACKS_FILE, weights_only=False) if (path / CALLBACKS_FILE).is_file() else {}
-        )
+        callbacks = safe_load.load(path / CALLBACKS_FILE) if (path / CALLBACKS_FILE).is_file() else {}
         return state, callbacks

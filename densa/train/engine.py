@@ -16,12 +16,14 @@ Decisions worth knowing:
   (bf16 needs `bf16.check_grad_overflow`, set here); under ZeRO-0 the torch optimizer's step is
   suppressed for that one DeepSpeed step.
 - Checkpoints use DeepSpeed's save_checkpoint/load_checkpoint (per-rank ZeRO partitions handled for us);
-  `densa.train.checkpoint` makes them atomic and adds densa's own state.
+  `densa.train.checkpoint` makes them atomic and adds densa's own state. DeepSpeed unpickles its files
+  with weights_only=False: `weights_only_torch_load` makes those loads weights-only (densa.train.safe_load).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import os
 import random
@@ -43,6 +45,8 @@ from densa.config.deepspeed_config import build_deepspeed_config
 from densa.config.schema import RunConfig
 from densa.errors import CheckpointError
 from densa.models.loss import causal_lm_loss
+from densa.train import safe_load
+from densa.train.safe_load import DEEPSPEED_GLOBALS
 from densa.train.schedules import build_lr_lambda
 
 DS_TAG = "deepspeed"  # sub-folder of a densa checkpoint that holds DeepSpeed's files
@@ -298,9 +302,10 @@ class Engine:
         self.ds.save_checkpoint(str(folder), tag=DS_TAG, save_latest=False)
 
     def load(self, folder: Path) -> None:
-        path, _ = self.ds.load_checkpoint(
-            str(folder), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
-        )
+        with weights_only_torch_load():
+            path, _ = self.ds.load_checkpoint(
+                str(folder), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+            )
         if path is None:
             raise CheckpointError(f"{folder}: DeepSpeed found no checkpoint under {DS_TAG}/")
 
@@ -371,15 +376,39 @@ def device_kind() -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states as tensors, ints, floats and strings (loadable with weights_only)."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),  # (version, tuple of 625 ints, gauss_next float or None)
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore `rng_state()`'s output; also the numpy tuple older densa checkpoints stored."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        key = numpy_state["key"].numpy().astype(np.uint32)
+        numpy_state = (
+            numpy_state["bit_generator"],
+            key,
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["gauss"],
+        )
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -420,4 +449,33 @@ def zero3_checkpoint_weights(folder: str | os.PathLike) -> dict[str, torch.Tenso
     """fp32 weights of a ZeRO-3 checkpoint (partitioned per rank), reassembled by DeepSpeed's zero_to_fp32."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=DS_TAG))
+    with weights_only_torch_load():
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=DS_TAG))
+
+
+def deepspeed_safe_globals() -> list[tuple[Any, str]]:
+    """safe_load.DEEPSPEED_GLOBALS as (class, name) pairs for torch.serialization.safe_globals."""
+    found = []
+    for name in DEEPSPEED_GLOBALS:
+        module, _, attr = name.rpartition(".")
+        found.append((getattr(importlib.import_module(module), attr), name))
+    return found
+
+
+@contextlib.contextmanager
+def weights_only_torch_load() -> Iterator[None]:
+    """Make every torch.load inside the block weights-only with DeepSpeed's allowlist.
+
+    DeepSpeed's checkpoint engines and zero_to_fp32 call `torch.load(..., weights_only=False)`; rather
+    than trusting each of its code paths, `torch.load` itself is replaced for the duration of the call
+    (a refused file raises densa's CheckpointError out of DeepSpeed)."""
+    allow = deepspeed_safe_globals()
+
+    def load(f, map_location=None, pickle_module=None, *, weights_only=None, mmap=None, **_):
+        return safe_load.load(f, allow=allow, map_location=map_location, mmap=mmap)
+
+    saved, torch.load = torch.load, load
+    try:
+        yield
+    finally:
+        torch.load = saved
