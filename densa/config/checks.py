@@ -1,8 +1,9 @@
 """Rules that span recipe sections, collected and raised together.
 
 `cross_section_problems(cfg)` runs everything that needs only the recipe; given a world size it adds
-the batch arithmetic for that data-parallel size and the TP/world-size fit; given a device it adds
-device rules (fp16 needs a GPU). `load_recipe` runs the recipe-only rules; the trainer and `densa
+the batch arithmetic for that data-parallel size and the TP/world-size fit, and (the run being about to
+start) that `export.hf_dir` is not a folder densa did not write; given a device it adds device rules
+(fp16 needs a GPU). `load_recipe` runs the recipe-only rules; the trainer and `densa
 launch` call `validate(cfg, world_size, device=...)` once the world is known.
 """
 
@@ -281,6 +282,37 @@ _BOUNDS = (
 )
 
 
+def _export_problems(cfg: RunConfig, about_to_run: bool) -> list[Problem]:
+    """export.hf_dir must not replace what the run reads or writes (densa.outputs); about to run, it must
+    also be new, empty or a folder densa wrote (a re-run replaces its own export)."""
+    from pathlib import Path
+
+    from densa.outputs import Source, destination_problem, replace_problem
+
+    hf_dir = cfg.export.hf_dir
+    if not hf_dir:
+        return []
+    sources = [Source("run directory", cfg.run.out_dir, "run")]
+    if cfg.init.from_path:
+        init = Path(cfg.init.from_path)
+        sources.append(Source("init.from_path", init, "run" if (init / "checkpoints").is_dir() else "folder"))
+    if cfg.data.tokenizer:
+        tok = Path(cfg.data.tokenizer)
+        sources.append(Source("data.tokenizer", tok, "folder" if tok.is_dir() else "file"))
+    problem = destination_problem(hf_dir, sources)
+    if problem:
+        example = Path(cfg.run.out_dir) / "hf"
+        return [
+            Problem(
+                "export.hf_dir",
+                f"{problem}; the export at the end of training would replace it."
+                f" Choose another export.hf_dir, such as {example}",
+            )
+        ]
+    why = replace_problem(hf_dir, overwrite=True, name="export.hf_dir") if about_to_run else None
+    return [Problem("export.hf_dir", why)] if why else []
+
+
 def _get(cfg: object, path: str) -> object:
     for part in path.split("."):
         cfg = getattr(cfg, part, None)
@@ -332,6 +364,7 @@ def cross_section_problems(
     if cfg.ssd.enabled:
         out += _ssd_problems(cfg)
     out += _sparsity_problems(cfg)
+    out += _export_problems(cfg, about_to_run=world_size is not None)
     if cfg.retaining_heads.enabled:
         out += _heads_problems(cfg, training)
     if not out:  # the generated DeepSpeed config is only meaningful for an otherwise valid recipe

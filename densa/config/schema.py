@@ -150,7 +150,10 @@ class EvalSection:
 @dataclass(frozen=True, kw_only=True)
 class ExportSection:
     hf_dir: str | None = None
-    """Export the final model to this HF folder (with tokenizer) when training ends."""
+    """Export the final model to this HF folder (with tokenizer) when training ends. Usually `RUN/hf`; it
+    must not be the run dir, contain it or lie inside `RUN/checkpoints`, nor be, contain or lie inside
+    `init.from_path` or `data.tokenizer`. An existing folder is replaced only when densa wrote it (a
+    re-run re-exports); any other non-empty folder fails the recipe check before training starts."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from densa.errors import DensaError
+from densa.outputs import MARKER
 
 
 @dataclass
@@ -91,5 +92,6 @@ def push_to_hub(
         folder_path=str(plan.folder),
         commit_message=commit_message,
         token=token,
+        ignore_patterns=[MARKER],  # densa's own bookkeeping (densa.outputs), not part of the model
     )
     return plan

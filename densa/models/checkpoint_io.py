@@ -22,6 +22,7 @@ from densa.errors import CheckpointError
 from densa.models.config import ModelConfig
 from densa.models.rope import RotaryEmbedding
 from densa.models.transformer import Transformer
+from densa.outputs import check_replaceable, write_marker
 
 FORMAT = "densa-model"
 FORMAT_VERSION = 1
@@ -30,20 +31,30 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder next to `path`; on success it replaces `path` in one rename."""
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False, *, kind: str = "folder") -> Iterator[Path]:
+    """Yield a temporary folder next to `path`; on success it replaces `path` in one rename.
+
+    The folder gets a `densa.outputs.MARKER` file (`kind` says what it holds). An existing non-empty
+    `path` is replaced only with `overwrite` and only when it carries that marker (densa wrote it);
+    otherwise DestinationError is raised before anything is written."""
     final = Path(path)
-    if final.exists() and not overwrite and (final.is_file() or any(final.iterdir())):
-        raise CheckpointError(f"{final} already exists and is not empty (pass overwrite=True / --overwrite)")
+    check_replaceable(final, overwrite, name="output folder")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
-        if final.exists():
+        write_marker(tmp, kind)
+        if os.path.lexists(final):
+            check_replaceable(final, overwrite, name="output folder")  # it may have appeared meanwhile
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+            try:
+                tmp.rename(final)
+            except BaseException:
+                old.rename(final)
+                raise
+            # A symlink is replaced, never followed: what it pointed to stays as it was.
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
         else:
             tmp.rename(final)
     except BaseException:
@@ -82,7 +93,7 @@ def save_model(
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         tensors[key] = tensor.contiguous().cpu()
-    with atomic_dir(path, overwrite) as tmp:
+    with atomic_dir(path, overwrite, kind=FORMAT) as tmp:
         save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": config.to_dict()}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -22,7 +22,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from densa.errors import CheckpointError
-from densa.models.checkpoint_io import build_transformer, is_densa_checkpoint, load_model_state, save_model
+from densa.models.checkpoint_io import (
+    atomic_dir,
+    build_transformer,
+    is_densa_checkpoint,
+    load_model_state,
+    save_model,
+)
 from densa.models.config import ModelConfig
 from densa.models.transformer import Transformer
 from densa.sparse_moe.errors import MoEError, check_experts, check_top_k
@@ -84,8 +90,6 @@ def save_moe(
         for i, m in enumerate(moes)
         for k, v in m.router.state_dict().items()
     }
-    out = save_model(path, model.config, state, overwrite=overwrite)
-    save_file(routers, out / ROUTER_FILE, metadata={"format": "pt"})
     meta = {
         "format": MOE_FORMAT,
         "num_experts": moes[0].num_experts,
@@ -94,8 +98,12 @@ def save_moe(
         "method": method,
         "layouts": [lay.tolist() for lay in layouts],
     }
-    (out / MOE_FILE).write_text(json.dumps(meta) + "\n", encoding="utf-8")
-    return out
+    # One atomic folder: the model, routers and moe.json appear together or not at all.
+    with atomic_dir(path, overwrite, kind=MOE_FORMAT) as tmp:
+        save_model(tmp, model.config, state, overwrite=True)
+        save_file(routers, tmp / ROUTER_FILE, metadata={"format": "pt"})
+        (tmp / MOE_FILE).write_text(json.dumps(meta) + "\n", encoding="utf-8")
+    return Path(path)
 
 
 def is_moe_checkpoint(path: str | os.PathLike) -> bool:

@@ -27,7 +27,10 @@ def register(subparsers) -> None:
 
 def _convert(args: argparse.Namespace) -> int:
     from densa.models.hf.convert import convert
+    from densa.outputs import Source, check_destination, check_replaceable
 
+    check_destination(args.dst, [Source("source folder", args.src)], name="DST")
+    check_replaceable(args.dst, args.overwrite, name="DST")
     logging.basicConfig(level=logging.INFO, format="densa convert: %(message)s")
     source, target = convert(
         args.src,

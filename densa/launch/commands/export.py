@@ -63,28 +63,50 @@ def _first(*paths: Path | None) -> Path | None:
     return next((p for p in paths if p is not None and p.is_file()), None)
 
 
+def _sources(folder: Path, run: Path | None, files: dict[str, Path | str | None]) -> list:
+    """What `densa export` reads, for `densa.outputs.check_destination`."""
+    from densa.outputs import Source
+
+    found = [Source("run directory", run, "run")] if run else []
+    found.append(Source("checkpoint folder" if run else "source folder", folder))
+    for label, file in files.items():
+        if file is not None and Path(file).exists():
+            found.append(Source(label, file, "folder" if Path(file).is_dir() else "file"))
+    return found
+
+
 def _export(args: argparse.Namespace) -> int:
     import yaml
 
     from densa.errors import CheckpointError
     from densa.inference import data_rows, export_model, last_metrics, parse_dtype, push_to_hub
+    from densa.outputs import check_destination, check_replaceable
     from densa.train.finetune import load_weights
 
     if args.dry_run and not args.push_to_hub:
         raise CheckpointError("--dry-run only applies to --push-to-hub")
     folder, run = _resolve(Path(args.source), args.step)
-    config, state = load_weights(folder)
     recipe_file = _first(folder / "recipe.yaml", run / "recipe.yaml" if run else None)
     recipe_text = recipe_file.read_text(encoding="utf-8") if recipe_file else None
     recipe = yaml.safe_load(recipe_text) if recipe_text else {}
-    if config is None:
-        raise CheckpointError(f"{folder}: records no model config")
     tokenizer = args.tokenizer or (recipe.get("data") or {}).get("tokenizer")
     if tokenizer is None and any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
         tokenizer = folder
     sparsity = args.sparsity_report or _first(
         folder / "sparsity.json", run / "sparsity.json" if run else None
     )
+    predictors = args.predictors or _first(
+        folder / "predictors.safetensors", run / "predictors.safetensors" if run else None
+    )
+    metrics_file = run / "metrics.jsonl" if run else None
+    # Before reading the weights: never write into what is read, nor over a folder densa did not write.
+    files = {"recipe": recipe_file, "metrics file": metrics_file, "tokenizer": tokenizer}
+    files.update({"sparsity report": sparsity, "predictors file": predictors})
+    check_destination(args.out, _sources(folder, run, files))
+    check_replaceable(args.out, args.overwrite)
+    config, state = load_weights(folder)
+    if config is None:
+        raise CheckpointError(f"{folder}: records no model config")
     out = export_model(
         args.out,
         config,
@@ -95,10 +117,9 @@ def _export(args: argparse.Namespace) -> int:
         license=args.license,
         recipe_text=recipe_text,
         data=data_rows(recipe, base=run),
-        metrics=last_metrics(run / "metrics.jsonl", _step(folder)) if run else {},
+        metrics=last_metrics(metrics_file, _step(folder)) if metrics_file else {},
         sparsity_report=sparsity,
-        predictors=args.predictors
-        or _first(folder / "predictors.safetensors", run / "predictors.safetensors" if run else None),
+        predictors=predictors,
         overwrite=args.overwrite,
     )
     print(f"exported {folder} -> {out}" + ("" if tokenizer else " (no tokenizer found; pass --tokenizer)"))

@@ -30,8 +30,11 @@ def register(subparsers) -> None:
 
 def _moefy(args: argparse.Namespace) -> int:
     from densa.models.checkpoint_io import build_transformer
+    from densa.outputs import check_destination, check_replaceable
     from densa.sparse_moe.inference import load_dense_state, moefy, perplexity_vs_top_k, save_moe
 
+    check_destination(args.out, _sources(args))
+    check_replaceable(args.out, args.overwrite)
     config, state = load_dense_state(args.checkpoint)
     model = build_transformer(config, state)
     top_k = args.top_k if args.top_k is not None else max(1, args.experts // 4)
@@ -47,6 +50,17 @@ def _moefy(args: argparse.Namespace) -> int:
         for k, ppl in perplexity_vs_top_k(model, sequences, ks).items():
             print(f"top-{k:<4d} k/E {k / args.experts:.3f}  ppl {ppl:.4f}")
     return 0
+
+
+def _sources(args: argparse.Namespace) -> list:
+    """What `densa moefy` reads: the checkpoint folder and the --eval dataset's files."""
+    from densa.data.indexed import data_paths
+    from densa.outputs import Source
+
+    found = [Source("source folder", args.checkpoint)]
+    if args.eval:
+        found += [Source("--eval file", p, "file") for p in data_paths(args.eval)]
+    return found
 
 
 def _eval_sequences(prefix: str, num_tokens: int, seq_len: int) -> list:

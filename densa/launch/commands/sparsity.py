@@ -187,6 +187,7 @@ def _predictors(args: argparse.Namespace) -> int:
     if args.epochs < 1 or not 0 < args.val_fraction < 1:
         raise DensaError("need --epochs >= 1 and 0 < --val-fraction < 1")
     thresholds = parse_thresholds(args.thresholds, "--thresholds") if args.thresholds else None
+    _check_predictor_outputs(args.out)  # before the minutes of fitting
     model = _load_model(args.model)
     n_layers = model.config.n_layers
     if thresholds is not None and len(thresholds) != n_layers:
@@ -234,6 +235,30 @@ def _predictors(args: argparse.Namespace) -> int:
     tmp.replace(metrics_path)
     print(f"wrote {out} and {metrics_path}")
     return 0
+
+
+def _check_predictor_outputs(out: str) -> None:
+    """--out may replace only an earlier predictors file, and its .metrics.json only an earlier summary."""
+    import json
+    import os
+
+    from densa.models.tagged_safetensors import check_tagged_destination
+    from densa.outputs import DestinationError
+    from densa.sparsity.predictor_io import FORMAT
+
+    check_tagged_destination(out, FORMAT, "predictors")
+    metrics = metrics_path_for(out)
+    if os.path.lexists(metrics):
+        try:
+            summary = json.loads(metrics.read_text(encoding="utf-8"))
+            ours = isinstance(summary, dict) and "predictors" in summary and "layers" in summary
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise DestinationError(
+                f"{metrics} (the metrics file of --out) exists and is not one densa wrote; refusing to"
+                " replace it. Choose another --out or remove it yourself"
+            )
 
 
 def metrics_path_for(predictors_path: str | Path) -> Path:

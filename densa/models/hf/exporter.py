@@ -52,7 +52,7 @@ def save_hf(
     generation = config.extra.get("hf_generation_config") or {
         k: config.extra[k] for k in TOKEN_ID_KEYS if k in config.extra
     }
-    with atomic_dir(path, overwrite) as tmp:
+    with atomic_dir(path, overwrite, kind="hf") as tmp:
         save_safetensors(hf_state, tmp, parse_size(max_shard_size))
         write_json(tmp / "config.json", hf_config)
         write_json(tmp / "generation_config.json", generation)
