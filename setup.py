@@ -23,6 +23,7 @@ setup(
         "pyyaml",
         "tensorboard",
         "deepspeed",
+        "psutil",
         "megatron-core",
         "triton",
         "tqdm",

@@ -77,8 +77,13 @@ def init_tensor_parallel(tp_size: int) -> None:
         # Megatron's one-time hint to set CUDA_DEVICE_MAX_CONNECTIONS is about GPU streams.
         linear_with_grad_accumulation_and_async_allreduce.warned = True
     # No extra gloo groups: on CPU the default group already is gloo, and each group costs a rendezvous.
+    # Megatron gives its groups an explicit timeout (30 min unless told): use torch's default for new
+    # groups instead, which densa.train.engine.init_distributed sets to the job's collective timeout.
+    timeout = dist.distributed_c10d._get_default_timeout(dist.get_backend())
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=tp_size, create_gloo_process_groups=False
+        tensor_model_parallel_size=tp_size,
+        create_gloo_process_groups=False,
+        distributed_timeout_minutes=timeout.total_seconds() / 60,
     )
 
 

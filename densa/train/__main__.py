@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from densa.errors import DensaError
+    from densa.train.failures import peer_failure_message
 
     parser = argparse.ArgumentParser(prog="python -m densa.train", description="Train from a recipe.")
     add_arguments(parser)
@@ -40,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except DensaError as err:
         print(f"densa train: error: {err}", file=sys.stderr)
+        return 1
+    except RuntimeError as err:  # a dead, stopped or stuck peer: one line instead of a traceback
+        message = peer_failure_message(err)
+        if message is None:
+            raise
+        print(f"densa train: error: {message}", file=sys.stderr, flush=True)
         return 1
 
 

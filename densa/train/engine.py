@@ -72,13 +72,19 @@ def init_distributed(timeout_s: float = 600.0) -> World:
 
     Without launcher variables this is a world of one (DeepSpeed would otherwise look for MPI). The
     timeout bounds every collective, so a rank blocked on a dead peer fails instead of hanging forever.
+    It must bound the groups created later too: DeepSpeed runs its gradient all-reduce on a clone of the
+    world (`dist.new_group(ranks)`, no timeout given), and torch gives such groups its 30-minute default,
+    not the world's timeout; so the default for new groups is set to the same value here.
     """
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        c10d = dist.distributed_c10d  # what new_group(timeout=None) uses
+        c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timeout
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))

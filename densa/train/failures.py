@@ -8,6 +8,9 @@
 - `Watchdog`: a daemon thread that ends the process with a message when no step finished within
   `timeout_s`. It backs up the process-group timeout for hangs outside collectives (and for peers that
   are alive but stuck), so one dead or wedged rank never leaves the others waiting forever.
+- `dist_timeout_s()` / `watchdog_timeout_s()`: `$DENSA_DIST_TIMEOUT_S` bounds every collective (default
+  600 s); `$DENSA_WATCHDOG_S` defaults to three times that (1800 s), so changing the one moves the other.
+- `peer_failure_message(err)`: turns a collective that timed out or lost its peer into one clear line.
 """
 
 from __future__ import annotations
@@ -24,6 +27,21 @@ from types import FrameType
 
 from densa.errors import DensaError
 
+DIST_TIMEOUT_ENV = "DENSA_DIST_TIMEOUT_S"  # bound on every collective (gloo/nccl timeout), seconds
+DEFAULT_DIST_TIMEOUT_S = 600.0
+WATCHDOG_ENV = "DENSA_WATCHDOG_S"  # seconds without a finished step before a rank gives up (0: off)
+WATCHDOG_PER_DIST_TIMEOUT = 3  # default watchdog = 3 x the collective timeout (1800 s by default)
+# Text of the errors torch raises when a collective's peer is dead, stopped or stuck (gloo and NCCL).
+_PEER_FAILURES = (
+    "Timed out waiting",
+    "timed out",
+    "Timeout",
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "NCCL communicator was aborted",
+)
+
 # Bytes per parameter in a checkpoint: fp32 weights + AdamW exp_avg and exp_avg_sq, plus a fp32 master
 # copy under mixed precision or ZeRO (DeepSpeed keeps module weights and optimizer partitions apart).
 CHECKPOINT_BYTES_PER_PARAM = 16
@@ -31,6 +49,50 @@ CHECKPOINT_BYTES_PER_PARAM = 16
 
 class RunDirError(DensaError):
     """The run directory cannot hold this run."""
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise DensaError(f"${name} must be a number of seconds >= 0, got {raw!r}")
+    return value
+
+
+def dist_timeout_s() -> float:
+    """`$DENSA_DIST_TIMEOUT_S`: how long any collective may wait for its peers (default 600 s)."""
+    timeout = _seconds_from_env(DIST_TIMEOUT_ENV, DEFAULT_DIST_TIMEOUT_S)
+    if timeout <= 0:
+        raise DensaError(f"${DIST_TIMEOUT_ENV} must be > 0 seconds, got {timeout:g}")
+    return timeout
+
+
+def watchdog_timeout_s() -> float:
+    """`$DENSA_WATCHDOG_S` (0: off), else 3 x the collective timeout: a step that waits on peers for
+    longer than that is stuck outside the collectives the process-group timeout bounds."""
+    return _seconds_from_env(WATCHDOG_ENV, WATCHDOG_PER_DIST_TIMEOUT * dist_timeout_s())
+
+
+def peer_failure_message(err: BaseException) -> str | None:
+    """One clear line for a collective that failed because a peer rank is dead, stopped or stuck (the
+    process-group timeout fired or the connection was closed); None for any other error, or in a world
+    of one. torch.distributed.DistError and its subclasses are RuntimeErrors."""
+    text = str(err).strip()
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1") or not isinstance(err, RuntimeError):
+        return None
+    if not any(pattern in text for pattern in _PEER_FAILURES):
+        return None
+    timeout = os.environ.get(DIST_TIMEOUT_ENV) or f"{DEFAULT_DIST_TIMEOUT_S:g} (default)"
+    return (
+        f"rank {os.environ.get('RANK', '?')}: a collective failed (${DIST_TIMEOUT_ENV}={timeout} s):"
+        " another rank is dead, stopped or stuck, so this one stops too; the run resumes from its last"
+        f" checkpoint when started again. ({text.splitlines()[0] if text else type(err).__name__})"
+    )
 
 
 def estimate_checkpoint_bytes(num_params: int) -> int:

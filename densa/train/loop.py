@@ -11,7 +11,6 @@ normally (`TrainResult.interrupted`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +22,10 @@ from densa.train import engine as eng
 from densa.train.callbacks import Callback, CallbackList
 from densa.train.checkpoint import CheckpointManager, TrainState, clean_leftovers, resolve_resume
 from densa.train.eval import summarize
-from densa.train.failures import StopSignal, Watchdog
+from densa.train.failures import StopSignal, Watchdog, watchdog_timeout_s
 from densa.train.metrics import MetricsLogger, Throughput
 
 BatchSource = Callable[[int], Iterator[list[dict]]]
-WATCHDOG_ENV = "DENSA_WATCHDOG_S"  # seconds without a finished step before a rank gives up (0: off)
-DEFAULT_WATCHDOG_S = 1800.0
 
 
 class TrainingDiverged(DensaError):
@@ -145,7 +142,7 @@ class Trainer:
         if resumed is not None:
             self.metrics.message(f"resumed from {resumed} at step {state.step}")
         signals = StopSignal()
-        watchdog = Watchdog(float(os.environ.get(WATCHDOG_ENV, DEFAULT_WATCHDOG_S)), engine.world.rank)
+        watchdog = Watchdog(watchdog_timeout_s(), engine.world.rank)
         speed = Throughput(
             self.num_params,
             engine.batch.global_samples * cfg.data.seq_len,

@@ -12,7 +12,6 @@ model exist; every rank seeds identically before building the model (identical i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,10 @@ from densa.config.schema import RunConfig
 from densa.train import engine as eng
 from densa.train.callbacks import Callback
 from densa.train.data import BatchSource, load_run_tokenizer, train_source, valid_batches
-from densa.train.failures import preflight
+from densa.train.failures import dist_timeout_s, preflight
 from densa.train.finetune import export_hf_folder, freeze, init_from
 from densa.train.loop import Trainer, TrainResult
 from densa.train.methods import method_callbacks, method_loss, prepare_model, trained_model_config
-
-DIST_TIMEOUT_ENV = "DENSA_DIST_TIMEOUT_S"  # bound on every collective (gloo/nccl timeout)
-DEFAULT_DIST_TIMEOUT_S = 600.0
-
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:
     """The recipe's decoder (TP-sharded when parallel.tp > 1), initialised or loaded, frozen by glob, then
@@ -73,7 +68,7 @@ def build_trainer(
     from densa.config.load import dump_recipe
 
     preflight(cfg.run.out_dir, cfg.model.num_params(), cfg.checkpoint.keep_last)
-    world = eng.init_distributed(float(os.environ.get(DIST_TIMEOUT_ENV, DEFAULT_DIST_TIMEOUT_S)))
+    world = eng.init_distributed(dist_timeout_s())
     validate(
         cfg,
         world.world_size,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from densa.launch import supervise
 from densa.launch.cli import main
 
 TINY = str(Path(__file__).resolve().parents[2] / "recipes" / "tiny_pretrain.yaml")
@@ -54,7 +54,7 @@ def test_launch_dry_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
 def test_launch_validates_before_starting(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("must not start"))
+    monkeypatch.setattr(supervise, "run_job", lambda *a, **k: pytest.fail("must not start"))
     assert main(["launch", TINY, "--nproc", "3"]) == 1
     assert (
         "1024 is not divisible by data.seq_len × batch.micro_batch × dp = 64 × 4 × 3"
@@ -65,10 +65,11 @@ def test_launch_validates_before_starting(
 def test_launch_runs_command_and_returns_its_status(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
 
-    def fake_run(cmd: list[str], check: bool) -> subprocess.CompletedProcess[bytes]:
-        seen.append(cmd)
-        return subprocess.CompletedProcess(cmd, 7)
+    def fake_run_job(cmd: list[str], grace_s: float) -> int:
+        seen.append((cmd, grace_s))
+        return 7
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
-    assert main(["launch", TINY, "--nproc", "1", "--launcher", "torchrun"]) == 7
-    assert Path(seen[0][0]).name == "torchrun" and seen[0][-3:] == ["-m", "densa.train", TINY]
+    monkeypatch.setattr(supervise, "run_job", fake_run_job)
+    assert main(["launch", TINY, "--nproc", "1", "--launcher", "torchrun", "--stop-grace", "30"]) == 7
+    cmd, grace_s = seen[0]
+    assert Path(cmd[0]).name == "torchrun" and cmd[-3:] == ["-m", "densa.train", TINY] and grace_s == 30

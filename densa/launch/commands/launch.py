@@ -1,11 +1,13 @@
-"""`densa launch RECIPE (--nproc N | --hostfile FILE)`: validate, then start deepspeed or torchrun."""
+"""`densa launch RECIPE (--nproc N | --hostfile FILE)`: validate, then start deepspeed or torchrun.
+
+The launcher runs under `densa.launch.supervise`: Ctrl-C or SIGTERM makes the ranks save a checkpoint and
+exit 0, and no process of the job outlives `densa launch`."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--launcher", choices=["deepspeed", "torchrun"], help="default: the recipe's parallel.launcher"
     )
     p.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: the launcher's)")
+    p.add_argument(
+        "--stop-grace",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="after Ctrl-C/SIGTERM, how long the ranks may take to save a checkpoint before they are killed"
+        " (default 600)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     p.set_defaults(handler=_launch)
 
@@ -33,9 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _launch(args: argparse.Namespace) -> int:
     from densa.config.checks import derived_batch, validate
     from densa.config.load import load_recipe
+    from densa.launch import supervise
     from densa.launch.commands.check import environment_warnings
     from densa.launch.launcher import LaunchError, build_command, parse_hostfile
 
+    if args.stop_grace is not None and not args.stop_grace >= 0:
+        raise LaunchError(f"--stop-grace must be >= 0 seconds, got {args.stop_grace}")
     cfg = load_recipe(args.recipe, args.overrides)
     hosts = parse_hostfile(args.hostfile) if args.hostfile else None
     world_size = hosts.world_size if hosts else args.nproc
@@ -67,4 +80,6 @@ def _launch(args: argparse.Namespace) -> int:
         package = "deepspeed" if launcher == "deepspeed" else "torch"
         raise LaunchError(f"{cmd[0]} not found on PATH or next to {sys.executable} (it comes with {package})")
     print(f"densa launch: {shlex.join(cmd)}", file=sys.stderr, flush=True)
-    return subprocess.run([exe, *cmd[1:]], check=False).returncode
+    # Not subprocess.run: a signal must reach the ranks as one SIGTERM (they save), not kill the launcher.
+    grace = supervise.DEFAULT_STOP_GRACE_S if args.stop_grace is None else args.stop_grace
+    return supervise.run_job([exe, *cmd[1:]], grace_s=grace)
