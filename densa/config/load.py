@@ -378,3 +378,18 @@ _Dumper.add_representer(list, _represent_list)
 def dump_recipe(cfg: RunConfig) -> str:
     """The resolved recipe as YAML; `load_recipe_dict(yaml.safe_load(text))` gives `cfg` back."""
     return yaml.dump(recipe_to_dict(cfg), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
+
+
+def load_yaml_dataclass(path: str | Path, cls: type) -> Any:
+    """Load a flat YAML file into the frozen dataclass `cls` with the recipe rules: unknown keys fail
+    with a did-you-mean hint, types are checked, every problem is reported at once with the file name.
+    (Used by settings files that are not recipes, e.g. `densa.editing` hparams.)"""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    data = _parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    builder = _Builder()
+    built = builder.build(cls, data, "")
+    if builder.problems:
+        raise ConfigError(_render(builder.problems, {}, str(path)))
+    return built

