@@ -84,6 +84,7 @@ class Editor:
                 self.reader, retriever, self.notebook, hp.top_k, mode, fallback=hp.fallback == "closed_book"
             )
         self._original: dict[str, torch.Tensor] | None = None
+        self._ft_optimizer: torch.optim.Optimizer | None = None
         if hp.alg_name == "FT":
             if self.reader.backend != "hf":
                 raise EditorError(
@@ -136,6 +137,7 @@ class Editor:
         self.notebook._notes = {n.id: n for n in self._base_notes}
         if self._original is not None:
             self.reader.model.load_state_dict(self._original)
+        self._ft_optimizer = None
         self._edited = False
 
     def edit(
@@ -227,9 +229,10 @@ class Editor:
 
     def _finetune(self, requests: Sequence[EditRequest]) -> None:
         hp, model, tok = self.hparams, self.reader.model, self.reader.tokenizer
-        opt = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=hp.ft_lr, weight_decay=0.0
-        )
+        if self._ft_optimizer is None:  # one optimizer over the whole sequence of edits, until reset()
+            params = [p for p in model.parameters() if p.requires_grad]
+            self._ft_optimizer = torch.optim.AdamW(params, lr=hp.ft_lr, weight_decay=0.0)
+        opt = self._ft_optimizer
         model.train()
         try:
             for req in requests:

@@ -1,7 +1,8 @@
 """`densa edit eval`: edit with the first n requests of a probe file, score, repeat for each n.
 
-For each notebook size n (e.g. 10, 100, 1000) the editor is reset, the first n requests are applied in
-order (sequential editing), and the probes of those edits are scored (at most `max_scored` of them,
+For each notebook size n (e.g. 10, 100, 1000, in increasing order) the first n requests have been
+applied in order (sequential editing: each size continues from the previous one), and the probes of
+those edits are scored (at most `max_scored` of them,
 a seeded sample, when scoring all would take too long; the notebook still holds all n edits). The
 pre-edit answers come from the same system without edits. Writes into `out`:
 
@@ -102,11 +103,15 @@ def run_eval(
     pre_s = time.perf_counter() - start
     log(f"edit eval [{label or hp.alg_name}]: pre-edit answers for {len(pre)} probes in {pre_s:.0f}s")
     results, all_rows = [], []
-    for n in sizes:
-        editor.reset()
+    editor.reset()
+    applied, edit_s = 0, 0.0
+    for n in sorted(sizes):
+        # Sequential editing is cumulative: the state after n edits is the state after the first
+        # `applied` edits plus the next n - applied, so each size continues from the previous one.
         t0 = time.perf_counter()
-        editor.apply(requests[:n])
-        edit_s = time.perf_counter() - t0
+        editor.apply(requests[applied:n])
+        edit_s += time.perf_counter() - t0
+        applied = n
         cases = set(scored[n])
         two_hop = [
             (
