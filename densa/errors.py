@@ -15,3 +15,7 @@ class DataError(DensaError):
 
 class CheckpointError(DensaError):
     """A checkpoint or HF folder is missing files or does not match the model."""
+
+
+class CorruptFileError(CheckpointError):
+    """A checkpoint or weights file cannot be read: truncated, garbage, or not the format its name says."""

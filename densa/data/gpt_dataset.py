@@ -16,15 +16,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from densa.data.indexed import IndexedDataset
-from densa.data.manifest import check_manifest_matches, read_manifest
+from densa.data.manifest import check_manifest_matches, manifest_path, read_manifest
 from densa.errors import DataError
 
 INDEX_VERSION = 1
+SCAN_BYTES = 256 << 20
+"""`.bin` files up to this size are scanned for ids >= the model's vocabulary when opened (~0.1 s);
+larger ones are checked sample by sample as they are read."""
 
 
 def index_cache_key(prefix: str | Path, seq_len: int, seed: int, num_samples: int) -> str:
@@ -58,21 +62,65 @@ def build_indices(
     return doc_idx, sample_idx, shuffle_idx
 
 
+def fallback_cache_dir() -> Path:
+    """Where index caches go when the data folder is not writable: `$DENSA_CACHE/index_cache` (default
+    `~/.cache/densa/index_cache`), the cache root `densa data fetch` and the kernels use too."""
+    from densa.data.fetch import cache_root
+
+    return cache_root() / "index_cache"
+
+
+def _cache_names(cache_dir: Path, key: str) -> list[Path]:
+    return [cache_dir / f"{key}-{n}.npy" for n in ("doc_idx", "sample_idx", "shuffle_idx")]
+
+
+def _write_cache(cache_dir: Path, key: str, arrays, desc: dict) -> None:
+    """Write the three arrays (temp file + rename each); a failure leaves no temp file behind."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for path, arr in zip(_cache_names(cache_dir, key), arrays):
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
+        try:
+            np.save(tmp, arr)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    (cache_dir / f"{key}-description.json").write_text(json.dumps(desc, indent=2) + "\n")
+
+
 def _load_or_build(ds: IndexedDataset, seq_len: int, num_samples: int, seed: int, cache_dir: Path | None):
+    """The indices from the cache (next to the data, else the fallback cache dir), or built and cached.
+
+    A data folder densa cannot write to (read-only mount, shared dataset) is not an error: the cache goes
+    to `fallback_cache_dir()` instead, and if that fails too the indices are only kept in memory (they are
+    deterministic, so nothing but the build time is lost). Each fallback prints one line on stderr."""
     if cache_dir is None:
         return build_indices(ds.sequence_lengths, seq_len, num_samples, seed)
     key = index_cache_key(ds.prefix, seq_len, seed, num_samples)
-    names = [cache_dir / f"{key}-{n}.npy" for n in ("doc_idx", "sample_idx", "shuffle_idx")]
-    if all(p.exists() for p in names):
-        return tuple(np.load(p, mmap_mode="r") for p in names)
+    dirs = [cache_dir, fallback_cache_dir()]
+    for folder in dirs:
+        names = _cache_names(folder, key)
+        if all(p.is_file() for p in names):
+            return tuple(np.load(p, mmap_mode="r") for p in names)
     arrays = build_indices(ds.sequence_lengths, seq_len, num_samples, seed)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    for path, arr in zip(names, arrays):
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
-        np.save(tmp, arr)
-        os.replace(tmp, path)
     desc = {"prefix": ds.prefix, "seq_len": seq_len, "seed": seed, "num_samples": num_samples}
-    (cache_dir / f"{key}-description.json").write_text(json.dumps(desc, indent=2) + "\n")
+    problems = []
+    for folder in dirs:
+        try:
+            _write_cache(folder, key, arrays, desc)
+        except OSError as err:
+            problems.append(f"{folder} ({err.strerror or err})")
+            continue
+        if problems:
+            print(
+                f"densa: warning: cannot write the index cache to {problems[0]}; using {folder}",
+                file=sys.stderr,
+            )
+        return arrays
+    print(
+        f"densa: warning: cannot write the index cache to {' or '.join(problems)}; keeping it in memory",
+        file=sys.stderr,
+    )
     return arrays
 
 
@@ -100,12 +148,22 @@ class GPTDataset:
         self.indexed = IndexedDataset(prefix)
         if check_manifest:
             self.manifest = read_manifest(prefix)
-            if self.manifest.num_documents != len(self.indexed):
-                raise DataError(
-                    f"{prefix}: manifest says {self.manifest.num_documents} documents, index has "
-                    f"{len(self.indexed)}; the dataset is inconsistent, preprocess it again"
-                )
+            idx, mpath = self.indexed.idx_path, manifest_path(prefix)
+            counts = {
+                "documents": (self.manifest.num_documents, len(self.indexed)),
+                "tokens": (self.manifest.num_tokens, self.indexed.num_tokens),
+                "dtype": (self.manifest.dtype, np.dtype(self.indexed.dtype).name),
+            }
+            for what, (said, found) in counts.items():
+                if said != found:
+                    raise DataError(
+                        f"{mpath} records {what} = {said} but {idx} has {found}: the files come from "
+                        "different datasets or preprocess runs; preprocess again"
+                    )
             check_manifest_matches(self.manifest, tokenizer_fingerprint, vocab_size, name=str(prefix))
+        self.vocab_size = vocab_size
+        if vocab_size is not None and self.indexed.bin_path.stat().st_size <= SCAN_BYTES:
+            self._check_ids(self.indexed.max_token_id(), "")
         if cache_dir == "auto":
             cache_dir = Path(str(prefix) + "_index_cache")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -130,10 +188,20 @@ class GPTDataset:
         parts.append(self.indexed.get(int(self.doc_idx[d1]), 0, off1 + 1))
         return np.concatenate(parts)
 
+    def _check_ids(self, max_id: int, where: str) -> None:
+        if self.vocab_size is not None and max_id >= self.vocab_size:
+            raise DataError(
+                f"{self.indexed.bin_path}: token id {max_id}{where} is >= the model's vocab_size "
+                f"{self.vocab_size}; the data was tokenized for another vocabulary"
+            )
+
     def __getitem__(self, idx: int) -> dict:
         import torch
 
-        tokens = torch.from_numpy(self.tokens(idx).astype(np.int64))
+        ids = self.tokens(idx)
+        if self.vocab_size is not None and len(ids):  # large files are not scanned up front
+            self._check_ids(int(ids.max()), f" (in sample {idx})")
+        tokens = torch.from_numpy(ids.astype(np.int64))
         return {
             "input_ids": tokens[:-1],
             "labels": tokens[1:],

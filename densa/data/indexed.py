@@ -140,27 +140,77 @@ class IndexedDataset:
         for p in (self.bin_path, self.idx_path):
             if not p.exists():
                 raise DataError(f"dataset file {p} does not exist (run `densa data preprocess` first)")
+            if not p.is_file():
+                raise DataError(f"dataset file {p} is a folder, not a file (run `densa data preprocess`)")
         with open(self.idx_path, "rb") as f:
             header = f.read(len(INDEX_HEADER))
             if header != INDEX_HEADER:
                 raise DataError(f"{self.idx_path} is not an MMIDIDX index (header {header!r})")
-            (version,) = struct.unpack("<Q", f.read(8))
+            fields = f.read(8 + 1 + 8 + 8)
+            if len(fields) < 25:
+                raise DataError(
+                    f"{self.idx_path}: truncated index header ({len(header) + len(fields)} bytes)"
+                )
+            version, code, seq_count, doc_count = struct.unpack("<QBQQ", fields)
             if version != INDEX_VERSION:
                 raise DataError(f"{self.idx_path}: unsupported index version {version}")
-            (code,) = struct.unpack("<B", f.read(1))
             if code not in CODE_DTYPES:
                 raise DataError(f"{self.idx_path}: unknown dtype code {code}")
             self.dtype = CODE_DTYPES[code]
-            (seq_count,) = struct.unpack("<Q", f.read(8))
-            (doc_count,) = struct.unpack("<Q", f.read(8))
             offset = f.tell()
-        idx = np.memmap(self.idx_path, mode="r", order="C")
+        expected = offset + seq_count * (4 + 8) + doc_count * 8
+        idx_size = self.idx_path.stat().st_size
+        if idx_size != expected:
+            raise DataError(
+                f"{self.idx_path}: {idx_size} bytes, but its header ({seq_count} sequences, {doc_count} "
+                f"document indices) needs {expected}: the index is truncated or damaged; preprocess again"
+            )
+        idx = np.memmap(self.idx_path, mode="r", order="C") if idx_size else np.zeros(0, np.uint8)
         self.sequence_lengths = np.frombuffer(idx, dtype=np.int32, count=seq_count, offset=offset)
         offset += self.sequence_lengths.nbytes
         self.sequence_pointers = np.frombuffer(idx, dtype=np.int64, count=seq_count, offset=offset)
         offset += self.sequence_pointers.nbytes
         self.document_indices = np.frombuffer(idx, dtype=np.int64, count=doc_count, offset=offset)
-        self._bin = np.memmap(self.bin_path, dtype=self.dtype, mode="r", order="C")
+        self._check_bin()
+        # np.memmap refuses an empty file; an empty dataset is still a valid (if useless) one.
+        size = self.bin_path.stat().st_size
+        self._bin = (
+            np.memmap(self.bin_path, dtype=self.dtype, mode="r", order="C")
+            if size
+            else np.zeros(0, self.dtype)
+        )
+
+    def _check_bin(self) -> None:
+        """The `.bin` must hold exactly the tokens the index describes: a truncated copy, a file cut at an
+        odd byte, or an index from another dataset fails here instead of yielding wrong samples."""
+        itemsize = np.dtype(self.dtype).itemsize
+        size = self.bin_path.stat().st_size
+        if size % itemsize:
+            raise DataError(
+                f"{self.bin_path}: {size} bytes is not a multiple of the token size {itemsize} "
+                f"({np.dtype(self.dtype).name}): the file is truncated or damaged; preprocess again"
+            )
+        lengths, pointers = self.sequence_lengths, self.sequence_pointers
+        if len(lengths) and int(lengths.min()) < 0:
+            raise DataError(
+                f"{self.idx_path}: negative sequence lengths: the index is damaged; preprocess again"
+            )
+        tokens = int(lengths.sum(dtype=np.int64))
+        end = int(pointers[-1]) + int(lengths[-1]) * itemsize if len(lengths) else 0
+        if tokens * itemsize != size or end != size or (len(pointers) and int(pointers.min()) < 0):
+            what = "truncated" if max(tokens * itemsize, end) > size else "longer than its index"
+            raise DataError(
+                f"{self.bin_path} holds {size // itemsize} tokens but {self.idx_path.name} describes "
+                f"{tokens} in {len(lengths)} documents: the .bin is {what}, or the .idx belongs to another "
+                "dataset; preprocess again"
+            )
+
+    def max_token_id(self, chunk_tokens: int = 1 << 24) -> int:
+        """The largest id in the `.bin` (-1 when empty); reads the whole file in chunks."""
+        best = -1
+        for start in range(0, len(self._bin), chunk_tokens):
+            best = max(best, int(self._bin[start : start + chunk_tokens].max()))
+        return best
 
     def __len__(self) -> int:
         return len(self.sequence_lengths)

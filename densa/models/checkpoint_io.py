@@ -16,9 +16,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from densa.errors import CheckpointError
+from densa.errors import CheckpointError, CorruptFileError
 from densa.models.config import ModelConfig
 from densa.models.rope import RotaryEmbedding
 from densa.models.transformer import Transformer
@@ -121,14 +122,45 @@ def load_model_state(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, to
         config = ModelConfig.from_dict(meta["model_config"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{folder / CONFIG_FILE}: bad model_config ({err})") from None
-    return config, load_file(folder / WEIGHTS_FILE)
+    return config, read_safetensors(folder / WEIGHTS_FILE)
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """`safetensors.torch.load_file`, with a truncated or garbage file reported as a CorruptFileError."""
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise CorruptFileError(
+            f"{path}: not a readable safetensors file, truncated or damaged ({err})"
+        ) from None
+
+
+def check_state_fits(config: ModelConfig, state: dict[str, torch.Tensor], where: str) -> None:
+    """CheckpointError naming the first tensor whose name or shape the model built from `config` does not
+    have, and any tensor it needs that `state` lacks (`where` starts the message: the folder or file).
+    Cheap: the model is built on the meta device."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in Transformer(config).state_dict().items()}
+    for key, tensor in state.items():
+        if key not in expected:
+            raise CheckpointError(f"{where}: tensor {key} has no place in the model the config describes")
+        if tuple(tensor.shape) != expected[key]:
+            raise CheckpointError(
+                f"{where}: tensor {key} has shape {list(tensor.shape)}, the model config expects "
+                f"{list(expected[key])}"
+            )
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise CheckpointError(
+            f"{where}: {len(missing)} tensor(s) the config needs are missing, e.g. {missing[:3]}"
+        )
 
 
 def load_transformer(
     path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> Transformer:
     config, state = load_model_state(path)
-    return build_transformer(config, state, dtype=dtype, device=device)
+    return build_transformer(config, state, dtype=dtype, device=device, where=str(path))
 
 
 def build_transformer(
@@ -137,10 +169,12 @@ def build_transformer(
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    where: str = "state dict",
 ) -> Transformer:
     """A Transformer built around `state`'s tensors (no copy unless `dtype`/`device` differ).
 
-    Key or shape mismatches raise CheckpointError."""
+    Key or shape mismatches raise CheckpointError, its message starting with `where` (e.g. the folder)."""
+    check_state_fits(config, state, where)
     model = _build_without_init(config)
     try:
         model.load_state_dict(state, strict=True, assign=True)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from densa.errors import CheckpointError
+from densa.errors import CheckpointError, CorruptFileError
 from densa.train import safe_load
 
 if TYPE_CHECKING:
@@ -99,6 +99,15 @@ def resolve_resume(resume: str, run_dir: str | os.PathLike) -> Path | None:
     if not is_complete(path):
         raise CheckpointError(f"checkpoint.resume: {path} has no {MARKER} marker (an interrupted save?)")
     return path
+
+
+def resume_candidates(resume: str, run_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoints to try in order: `auto` gives every complete one, newest first (an unreadable one is
+    skipped for the one before it); `none` gives none; a path gives that one only (no fallback)."""
+    if resume == "auto":
+        return [path for _, path in reversed(complete_checkpoints(run_dir))]
+    path = resolve_resume(resume, run_dir)
+    return [] if path is None else [path]
 
 
 def clean_leftovers(run_dir: str | os.PathLike) -> list[Path]:
@@ -230,12 +239,57 @@ class CheckpointManager:
         for _, path in complete_checkpoints(self.root.parent)[: -self.keep_last]:
             shutil.rmtree(path, ignore_errors=True)
 
+    def load_first(self, paths: list[Path], fallback: bool) -> tuple[Path, TrainState, dict[str, Any]] | None:
+        """Load the first of `paths` that every rank can read (None if `paths` is empty).
+
+        A checkpoint with an unreadable file (`CorruptFileError`: truncated, garbage) is skipped with a
+        warning on stderr when `fallback` (auto-resume), else raised. Loading the next one restores every
+        piece of state (weights, optimizer, scheduler, RNG, callbacks), so what the bad one half-loaded is
+        overwritten. When none is readable, a CheckpointError lists each with its reason."""
+        import sys
+
+        skipped: list[str] = []
+        for path in paths:
+            error = None
+            try:
+                loaded = self.load(path)
+            except CorruptFileError as err:
+                error = str(err)
+            errors = [error]
+            if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+                errors = [None] * torch.distributed.get_world_size()
+                torch.distributed.all_gather_object(errors, error)  # every rank skips, or none does
+            error = next((e for e in errors if e), None)
+            if error is None:
+                if skipped and self.rank == 0:
+                    print(f"densa train: resuming from {path} instead", file=sys.stderr, flush=True)
+                return path, *loaded
+            if not fallback:
+                raise CorruptFileError(f"checkpoint.resume {path}: unusable: {error}")
+            skipped.append(f"{path.name} ({error})")
+            if self.rank == 0:
+                print(
+                    f"densa train: warning: skipping checkpoint {path}: {error}", file=sys.stderr, flush=True
+                )
+        if skipped:
+            raise CheckpointError(
+                f"no usable checkpoint in {self.root}: " + "; ".join(skipped) + "; repair or remove them, "
+                "or set checkpoint.resume: none to start over"
+            )
+        return None
+
     def load(self, path: Path) -> tuple[TrainState, dict[str, Any]]:
         """Restore engine, scheduler and this rank's RNG; returns the train state and callback state."""
         from densa.train import engine as eng
 
-        record = json.loads((path / STATE_FILE).read_text())
-        saved, now = record["topology"], topology(self.engine)
+        try:
+            record = json.loads((path / STATE_FILE).read_text())
+            saved, now = record["topology"], topology(self.engine)
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''}"
+            raise CorruptFileError(
+                f"{path / STATE_FILE}: not a readable train state, truncated or damaged ({reason})"
+            ) from None
         mismatch = {k: (saved[k], now[k]) for k in ("tp", "zero_stage") if saved[k] != now[k]}
         if saved["dp"] != now["dp"] and now["zero_stage"] > 0:
             mismatch["dp"] = (saved["dp"], now["dp"])

@@ -65,6 +65,9 @@ def init_from(model: nn.Module, path: str | os.PathLike, tp_rank: int = 0) -> No
         if diff:
             desc = ", ".join(f"{k}: {x!r} there, {y!r} in the recipe" for k, (x, y) in diff.items())
             raise CheckpointError(f"init.from_path {path}: model differs from the recipe's ({desc})")
+    from densa.models.checkpoint_io import check_state_fits
+
+    check_state_fits(ours, state, f"init.from_path {path}")
     if model.tp_size > 1:
         from densa.models.parallel import shard_state_dict
 
@@ -126,7 +129,7 @@ def load_model(path: str | os.PathLike, config: ModelConfig | None = None):
     config = found or config
     if config is None:
         raise CheckpointError(f"{path}: records no model config")
-    return build_transformer(config, {k: v.float() for k, v in state.items()})
+    return build_transformer(config, {k: v.float() for k, v in state.items()}, where=str(path))
 
 
 def find_tokenizer(path: str | os.PathLike) -> str | None:

@@ -20,7 +20,7 @@ from densa.config.schema import RunConfig
 from densa.errors import DataError, DensaError
 from densa.train import engine as eng
 from densa.train.callbacks import Callback, CallbackList
-from densa.train.checkpoint import CheckpointManager, TrainState, clean_leftovers, resolve_resume
+from densa.train.checkpoint import CheckpointManager, TrainState, clean_leftovers, resume_candidates
 from densa.train.eval import summarize
 from densa.train.failures import StopSignal, Watchdog, watchdog_timeout_s
 from densa.train.metrics import MetricsLogger, Throughput
@@ -85,14 +85,16 @@ class Trainer:
     # ------------------------------------------------------------------------------------ resume
 
     def maybe_resume(self) -> Path | None:
-        """Load the checkpoint named by checkpoint.resume (auto: newest complete one), if any."""
+        """Load the checkpoint named by checkpoint.resume (auto: newest complete one that reads back; a
+        damaged one is skipped with a warning), if any."""
         if self.is_main:
             clean_leftovers(self.run_dir)
-            path = resolve_resume(self.cfg.checkpoint.resume, self.run_dir)
-        path = eng.broadcast_object(path if self.is_main else None)
-        if path is None:
+            paths = resume_candidates(self.cfg.checkpoint.resume, self.run_dir)
+        paths = eng.broadcast_object(paths if self.is_main else None)
+        loaded = self.checkpoints.load_first(paths, fallback=self.cfg.checkpoint.resume == "auto")
+        if loaded is None:
             return None
-        self.state, callback_state = self.checkpoints.load(Path(path))
+        path, self.state, callback_state = loaded
         self.callbacks.load_state_dict(callback_state)
         self.callbacks.call("on_checkpoint_load", self, self.state.step, Path(path))
         self.last_checkpoint = Path(path)

@@ -12,6 +12,7 @@ model exist; every rank seeds identically before building the model (identical i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from densa.train.failures import dist_timeout_s, preflight
 from densa.train.finetune import export_hf_folder, freeze, init_from
 from densa.train.loop import Trainer, TrainResult
 from densa.train.methods import method_callbacks, method_loss, prepare_model, trained_model_config
+
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:
     """The recipe's decoder (TP-sharded when parallel.tp > 1), initialised or loaded, frozen by glob, then
@@ -49,6 +51,32 @@ def build_model(cfg: RunConfig) -> torch.nn.Module:
     return prepare_model(cfg, model)
 
 
+def _no_empty_run_dir(build: Callable[..., Trainer]) -> Callable[..., Trainer]:
+    """Setup that fails (bad data, validation, model) removes the run dir it created, and any parent it
+    created, while they are still empty: a failed start leaves nothing behind."""
+
+    @functools.wraps(build)
+    def wrapper(cfg: RunConfig, *args: Any, **kwargs: Any) -> Trainer:
+        created, path = [], Path(cfg.run.out_dir).absolute()
+        while not path.exists() and path != path.parent:
+            created.append(path)
+            path = path.parent
+        try:
+            return build(cfg, *args, **kwargs)
+        except BaseException:
+            for folder in created:  # deepest first
+                try:
+                    folder.rmdir()
+                except FileNotFoundError:  # another rank removed it
+                    continue
+                except OSError:  # not empty: another rank or process wrote there
+                    break
+            raise
+
+    return wrapper
+
+
+@_no_empty_run_dir
 def build_trainer(
     cfg: RunConfig,
     *,

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from densa.errors import CheckpointError
+from densa.errors import CheckpointError, CorruptFileError
 
 _torch_load = torch.load  # the real one, also while densa.train.engine routes DeepSpeed's loads here
 
@@ -97,7 +97,20 @@ def load(
         with torch.serialization.safe_globals(list(allow)):
             return _torch_load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
+        if not any(pattern.search(str(err)) for pattern in _GLOBAL_RE):
+            raise unreadable(path, err) from None  # not a refused global: the bytes are not a pickle
         raise refusal(path, err) from None
+    except Exception as err:  # garbage bytes fail anywhere in the unpickler: EOFError, IndexError, OSError...
+        raise unreadable(path, err) from None
+
+
+def unreadable(path: str | os.PathLike, err: BaseException) -> CorruptFileError:
+    """The error for a truncated or garbage torch file (what torch says, in one short line)."""
+    text = str(err)
+    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    reason = m.group(1) if m else (text.strip().splitlines() or [""])[0].split(". ")[0]
+    reason = f"{type(err).__name__}: {reason[:100]}" if reason else type(err).__name__
+    return CorruptFileError(f"{path}: not a readable torch file, truncated or damaged ({reason})")
 
 
 def save(obj: Any, path: str | os.PathLike) -> None:

@@ -75,6 +75,8 @@ def _handler(args) -> int:
         ids = [tok.bos_id, *ids]
     if not ids:
         raise DensaError("the prompt encodes to no tokens")
+    _warn_past_context(len(ids), args.max_new_tokens, model.config.max_seq_len)
+    _fit_vocabularies(model, tok, tok_path, ids)
     if thresholds is not None:
         new = _generate_sparse(model, ids, args, tok, thresholds)
         print(tok.decode(_strip_bos(ids, tok, args) + new))
@@ -98,6 +100,40 @@ def _handler(args) -> int:
         new = new[: new.index(tok.eos_id)]
     print(tok.decode(_strip_bos(ids, tok, args) + new))
     return 0
+
+
+def _fit_vocabularies(model, tok, tok_path, ids: list[int]) -> None:
+    """A prompt id the embedding lacks is an error (the tokenizer is not the model's); an embedding padded
+    past the tokenizer (e.g. to a multiple of 64) never yields an id the tokenizer cannot decode."""
+    from densa.errors import DensaError
+
+    vocab = model.config.vocab_size
+    if max(ids) >= vocab:
+        raise DensaError(
+            f"tokenizer {tok_path}: the prompt encodes to id {max(ids)}, beyond the model's vocab_size "
+            f"{vocab}; the tokenizer does not belong to this model (pass the right --tokenizer)"
+        )
+    if vocab > tok.vocab_size:
+
+        def hide_padding(module, args, logits):
+            logits[..., tok.vocab_size :] = float("-inf")
+            return logits
+
+        model.register_forward_hook(hide_padding)
+
+
+def _warn_past_context(prompt_tokens: int, max_new_tokens: int, max_seq_len: int) -> None:
+    """Generation runs past max_seq_len (RoPE positions extrapolate, as HF does), but never silently."""
+    import sys
+
+    total = prompt_tokens + max_new_tokens
+    if total > max_seq_len:
+        print(
+            f"densa generate: warning: prompt ({prompt_tokens} tokens) + --max-new-tokens {max_new_tokens} = "
+            f"{total} exceeds the model's max_seq_len {max_seq_len}; positions past it are extrapolated and "
+            "the output may degrade",
+            file=sys.stderr,
+        )
 
 
 def _strip_bos(ids: list[int], tok, args) -> list[int]:

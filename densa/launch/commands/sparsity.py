@@ -149,6 +149,7 @@ def _measure(args: argparse.Namespace) -> int:
 def parse_thresholds(value: str, option: str) -> list[float]:
     """Layer thresholds from a sparsity.json path or a comma-separated list (`0,0,0,0`)."""
     import json
+    import math
 
     from densa.errors import DensaError
     from densa.sparsity import SparsityReport
@@ -156,19 +157,26 @@ def parse_thresholds(value: str, option: str) -> list[float]:
     path = Path(value)
     if path.is_file():
         try:
-            return SparsityReport.from_dict(json.loads(path.read_text(encoding="utf-8"))).thresholds
+            thresholds = SparsityReport.from_dict(json.loads(path.read_text(encoding="utf-8"))).thresholds
         except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
             raise DensaError(
                 f"{option} {path}: not a sparsity report from `densa sparsity measure` ({err!r})"
             ) from None
-    try:
-        thresholds = [float(t) for t in value.split(",")]
-    except ValueError:
+    else:
+        try:
+            thresholds = [float(t) for t in value.split(",")]
+        except ValueError:
+            raise DensaError(
+                f"{option} {value}: no such file, and not comma-separated thresholds such as 0,0,0,0"
+            ) from None
+    # A layer threshold bounds a neuron's output magnitude (|a_i|·‖W_down[:, i]‖ <= t: inactive); a negative,
+    # nan or inf one would silently run every neuron or none.
+    bad = [t for t in thresholds if not 0 <= t < math.inf]
+    if bad or not thresholds:
         raise DensaError(
-            f"{option} {value}: no such file, and not comma-separated thresholds such as 0,0,0,0"
-        ) from None
-    if any(not t >= 0 for t in thresholds):  # also rejects nan
-        raise DensaError(f"{option} {value}: thresholds must be >= 0")
+            f"{option} {value}: layer thresholds must be finite and >= 0 (neuron output magnitudes), "
+            f"got {bad}"
+        )
     return thresholds
 
 

@@ -12,7 +12,12 @@ from pathlib import Path
 import torch
 
 from densa.errors import CheckpointError
-from densa.models.checkpoint_io import is_densa_checkpoint, load_model_state, save_model
+from densa.models.checkpoint_io import (
+    check_state_fits,
+    is_densa_checkpoint,
+    load_model_state,
+    save_model,
+)
 from densa.models.hf.exporter import save_hf
 from densa.models.hf.importer import is_hf_folder, load_hf_state
 
@@ -67,6 +72,9 @@ def convert(
         config, state = load_hf_state(src, max_seq_len=max_seq_len)
     else:
         config, state = load_model_state(src)
+    # Refuse before writing: a folder whose config.json disagrees with its weights would convert "fine"
+    # into a folder nothing can load.
+    check_state_fits(config, state, str(src))
     torch_dtype = DTYPES[dtype] if dtype else None
     tokenizer = [Path(src) / name for name in TOKENIZER_FILES if (Path(src) / name).is_file()]
     if target == "hf":

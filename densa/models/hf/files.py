@@ -7,9 +7,10 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from densa.errors import CheckpointError
+from densa.models.checkpoint_io import read_safetensors
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -33,7 +34,7 @@ def write_json(path: Path, data: dict) -> None:
 
 def _load_one(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        return load_file(path)
+        return read_safetensors(path)
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
