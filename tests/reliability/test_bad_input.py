@@ -224,6 +224,15 @@ def test_train_refuses_damaged_data(data, tmp_path, capsys, ds_world, damage):
     assert not (tmp_path / "runs").exists() and not leftovers(tmp_path)
 
 
+def test_failed_validation_leaves_no_run_dir(data, tmp_path, capsys, ds_world):
+    """Checks that need the world (here: tp 2 on one process) run after the run dir is probed."""
+    run = tmp_path / "runs" / "x"
+    code, _, err = run_cli(capsys, "train", str(recipe(tmp_path, data, run)), "--set", "parallel.tp=2")
+    assert code == 1 and "densa train: error: " in err and "Traceback" not in err, err[-3000:]
+    assert "parallel.tp" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_data_vocab_larger_than_model(data, tmp_path, capsys, ds_world):
     """The manifest check that existed before: data tokenized for a bigger vocabulary."""
     run = tmp_path / "run"
