@@ -56,6 +56,37 @@ def _pct(v) -> str:
     return "—" if v is None else f"{100 * v:.1f}"
 
 
+def retrieval_recall(probes: Path, ks=(1, 3, 5, 10)) -> dict:
+    """recall@k of each retriever for every edit's own questions (prompt + paraphrases) over the
+    full 1000-note notebook: the note must be among the top k."""
+    from densa.editing.evaluate import load_probes
+    from densa.editing.notebook import Notebook
+    from densa.editing.requests import parse_requests
+    from densa.editing.retriever import build_retriever
+
+    requests = parse_requests(load_probes(probes))
+    book = Notebook()
+    notes = book.add_many([r.note for r in requests])
+    questions, owners = [], []
+    for note, req in zip(notes, requests, strict=True):
+        for q in (req.prompt, *req.rephrase_prompts):
+            questions.append(q)
+            owners.append(note.id)
+    out = {}
+    for name in ("minilm", "bm25"):
+        retriever = build_retriever(name)
+        retriever.index(book.notes)
+        hits = retriever.search(questions, max(ks))
+        out[name] = {
+            f"recall@{k}": sum(o in {h.note.id for h in hs[:k]} for o, hs in zip(owners, hits, strict=True))
+            / len(questions)
+            for k in ks
+        }
+    out["questions"] = len(questions)
+    out["notes"] = len(book)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default=",".join(METHODS))
@@ -87,6 +118,11 @@ def main() -> int:
             reports[name] = json.loads(done.read_text())
     if not reports:
         return 1
+    recall_file = Path(args.out) / "retrieval.json"
+    if not recall_file.is_file() or args.rerun:
+        recall_file.parent.mkdir(parents=True, exist_ok=True)
+        recall_file.write_text(json.dumps(retrieval_recall(probes), indent=2) + "\n")
+    recall = json.loads(recall_file.read_text())
     payload = {
         "benchmark": "eren",
         "machine": machine_info(),
@@ -95,6 +131,7 @@ def main() -> int:
         "max_scored": args.max_scored,
         "protocol": next(iter(reports.values()))["protocol"],
         "methods": {n: {"hparams": r["hparams"], "results": r["results"]} for n, r in reports.items()},
+        "retrieval": recall,
     }
     lines = [
         "# EREN on SmolLM2-135M-Instruct: editing by reading notes vs baselines",
@@ -110,6 +147,16 @@ def main() -> int:
     for name, r in reports.items():
         for row in r["results"]:
             lines.append(f"| {name} | {row['edits']} | " + " | ".join(_pct(row.get(k)) for k in KEYS) + " |")
+    lines += [
+        "",
+        f"Retrieval alone, {recall['notes']} notes, {recall['questions']} edit questions (prompt + held-out"
+        " paraphrases):",
+        "",
+        "| retriever | " + " | ".join(k for k in recall["minilm"]) + " |",
+        "| --- |" + " ---: |" * len(recall["minilm"]),
+    ]
+    for name in ("minilm", "bm25"):
+        lines.append(f"| {name} | " + " | ".join(_pct(v) for v in recall[name].values()) + " |")
     write_results("eren", payload, "\n".join(lines) + "\n")
     plot_metrics({n: r["results"] for n, r in reports.items()}, ROOT / "benchmarks/results/eren.png")
     print("\n".join(lines))

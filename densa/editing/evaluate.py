@@ -1,10 +1,10 @@
 """`densa edit eval`: edit with the first n requests of a probe file, score, repeat for each n.
 
 For each notebook size n (e.g. 10, 100, 1000, in increasing order) the first n requests have been
-applied in order (sequential editing: each size continues from the previous one), and the probes of
-those edits are scored (at most `max_scored` of them,
-a seeded sample, when scoring all would take too long; the notebook still holds all n edits). The
-pre-edit answers come from the same system without edits. Writes into `out`:
+applied in order (sequential editing: each size continues from the previous one). The probes of those
+edits are scored — at most `max_scored` of them, a seeded sample, when scoring all would take too long
+(the notebook still holds all n edits) — plus every two-hop question whose two edits are among the n.
+The pre-edit answers come from the same system without edits. Writes into `out`:
 
     metrics.json       hparams, protocol, per-size metrics (both vocabularies), timings
     metrics.md         the same as a table
@@ -120,8 +120,8 @@ def run_eval(
                 r["two_hop"]["target"],
                 {requests[j].note for j in r["two_hop"]["needs"]},
             )
-            for i, r in enumerate(records[:n])
-            if i in cases and "two_hop" in r and all(j < n for j in r["two_hop"]["needs"])
+            for r in records[:n]  # every two-hop question whose two edits are in the notebook (few)
+            if "two_hop" in r and all(j < n for j in r["two_hop"]["needs"])
         ]
         t1 = time.perf_counter()
         rows = editor.score([requests[i] for i in sorted(cases)], pre, two_hop)

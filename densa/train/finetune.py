@@ -110,12 +110,9 @@ def export_hf_folder(
 
             export_sentencepiece_to_hf(tok, out)
         elif tok.is_dir():
-            for name in (
-                "tokenizer.json",
-                "tokenizer_config.json",
-                "special_tokens_map.json",
-                "tokenizer.model",
-            ):
+            from densa.models.hf.convert import TOKENIZER_FILES
+
+            for name in TOKENIZER_FILES:
                 if (tok / name).is_file():
                     shutil.copy2(tok / name, out / name)
     return out

@@ -190,8 +190,15 @@ def test_rng_state_round_trip_and_legacy_format(tmp_path):
     for name in ("new.pt", "legacy.pt"):
         set_rng_state(safe_load.load(tmp_path / name, allow=safe_load.legacy_rng_globals()))
         assert draws() == expected, name
-    with pytest.raises(CheckpointError, match="refuses to execute"):
-        safe_load.load(tmp_path / "legacy.pt")  # numpy arrays only where the RNG file is read
+    # numpy arrays only where the RNG file is read. Importing transformers' Trainer (other tests do)
+    # registers numpy's classes process-wide, so this check runs with the global allowlist emptied.
+    registered = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:
+        with pytest.raises(CheckpointError, match="refuses to execute"):
+            safe_load.load(tmp_path / "legacy.pt")
+    finally:
+        torch.serialization.add_safe_globals(registered)
 
 
 # ------------------------------------------------------------------------------ entry points
@@ -303,3 +310,32 @@ def test_zero3_weights_refuse_poisoned_partitions(recipe, tmp_path, ds_world):
         with pytest.raises(CheckpointError, match=refused(str(ckpt / file))):
             train(config(recipe, f"run.out_dir={run}", "parallel.zero_stage=3", "train.steps=3"))
         assert not sentinel.exists()
+
+
+class _Payload:
+    def __init__(self, sentinel):
+        self.sentinel = str(sentinel)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+def test_hf_pytorch_model_bin_with_pickled_code_is_refused(tmp_path, capsys):
+    """An HF folder whose pytorch_model.bin carries code: `densa convert` refuses it in one line."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from densa.launch.cli import main
+
+    src, sentinel = tmp_path / "hf", tmp_path / "SENTINEL"
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(src)
+    state = LlamaForCausalLM(config).state_dict()
+    (src / "model.safetensors").unlink()
+    torch.save({**state, "payload": _Payload(sentinel)}, src / "pytorch_model.bin")
+    assert main(["convert", str(src), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "pytorch_model.bin: contains pickled objects that densa refuses to execute (posix.system)" in err
+    assert not sentinel.exists() and not (tmp_path / "out").exists()

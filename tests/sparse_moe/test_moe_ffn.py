@@ -53,7 +53,7 @@ def test_straight_through_forward_and_gradients_match_dense_masked(gated, activa
 
     experts, weight = routing(moe, x)
     ref = dense_masked_reference(moe, x, experts, weight)
-    assert (out - ref).abs().max() <= 1e-6
+    assert (out - ref).abs().max() <= 1e-5  # fp32 summation-order noise (1.1e-6 seen on 2-core CPUs)
     # The reference really drops unselected experts: it differs from the full dense FFN.
     assert (ref - ffn(x)).abs().max() > 1e-3
     (ref * grad_out).sum().backward()

@@ -31,6 +31,8 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
     "added_tokens.json",
+    "chat_template.jinja",  # transformers >= 4.47 keeps the chat template beside the tokenizer config
+    "chat_template.json",
     "chat_template.jinja",
     "chat_template.json",
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -35,7 +36,17 @@ def write_json(path: Path, data: dict) -> None:
 def _load_one(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return read_safetensors(path)
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:  # weights-only refused a global: never retried unsafely
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path}: contains pickled objects that densa refuses to execute{what}; only tensors are"
+            " loaded from .bin files. Do not use files from an untrusted source"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable torch file, truncated or damaged ({err})") from None
 
 
 def load_weights(folder: Path) -> dict[str, torch.Tensor]:
