@@ -106,8 +106,8 @@ def save_transformer(path: str | os.PathLike, model: Transformer, **kwargs) -> P
     return save_model(path, model.config, model.state_dict(), **kwargs)
 
 
-def load_model_state(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(config, state dict) of a densa model folder."""
+def load_model_config(path: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig of a densa model folder (its config.json only; the weights are not read)."""
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such folder")
@@ -116,12 +116,18 @@ def load_model_state(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, to
     meta = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{folder}: format_version {meta['format_version']} is newer than this densa")
-    if not (folder / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}")
     try:
-        config = ModelConfig.from_dict(meta["model_config"])
+        return ModelConfig.from_dict(meta["model_config"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{folder / CONFIG_FILE}: bad model_config ({err})") from None
+
+
+def load_model_state(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(config, state dict) of a densa model folder."""
+    folder = Path(path)
+    config = load_model_config(folder)
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}")
     return config, read_safetensors(folder / WEIGHTS_FILE)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,3 +134,31 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown ModelConfig keys: {unknown}")
         return cls(**data)
+
+
+# Not shapes: the context RoPE tables are built for, the init std, free-form metadata, and the FATReLU
+# threshold (a FATReLU checkpoint may seed a ReLU run; ProSparse applies its own T).
+NOT_SHAPE_FIELDS = ("extra", "max_seq_len", "init_std", "activation_threshold")
+REL_TOL = 1e-6
+"""Floats that differ by less than this (relative) are the same: a config written as float32
+(`9.999999747e-06`) and one written as `1e-5` describe one model."""
+
+
+def _same(a: Any, b: Any, rel_tol: float) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k], rel_tol) for k in a)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(a, b, rel_tol=rel_tol, abs_tol=0.0)
+    return a == b
+
+
+def shape_differences(
+    a: ModelConfig, b: ModelConfig, fields: Collection[str] | None = None, rel_tol: float = REL_TOL
+) -> dict[str, tuple[Any, Any]]:
+    """{field: (a's value, b's value)} for the shape fields (all but NOT_SHAPE_FIELDS; only `fields` when
+    given) where two configs disagree; floats compare with relative tolerance `rel_tol`."""
+    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+    names = [k for k in da if k not in NOT_SHAPE_FIELDS and (fields is None or k in fields)]
+    return {k: (da[k], db[k]) for k in names if not _same(da[k], db[k], rel_tol)}

@@ -33,8 +33,6 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "chat_template.jinja",  # transformers >= 4.47 keeps the chat template beside the tokenizer config
     "chat_template.json",
-    "chat_template.jinja",
-    "chat_template.json",
 )
 
 

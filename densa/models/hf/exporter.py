@@ -49,9 +49,11 @@ def save_hf(
     if dtype is not None:
         hf_state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in hf_state.items()}
     hf_config = config_to_hf(config, _dtype_name(hf_state))
-    generation = config.extra.get("hf_generation_config") or {
-        k: config.extra[k] for k in TOKEN_ID_KEYS if k in config.extra
-    }
+    # The source's generation config as it was (an instruct model's eos may be a list of end tokens);
+    # token ids it lacks come from config.json's, so `generate` knows where to stop.
+    ids = {k: config.extra[k] for k in TOKEN_ID_KEYS if config.extra.get(k) is not None}
+    source = config.extra.get("hf_generation_config") or {}
+    generation = {**ids, **{k: v for k, v in source.items() if v is not None or k not in TOKEN_ID_KEYS}}
     with atomic_dir(path, overwrite, kind="hf") as tmp:
         save_safetensors(hf_state, tmp, parse_size(max_shard_size))
         write_json(tmp / "config.json", hf_config)

@@ -14,6 +14,7 @@ from densa.models.config import ModelConfig
 from densa.models.hf.config_map import config_from_hf
 from densa.models.hf.files import load_weights, read_json
 from densa.models.hf.mapping import hf_to_densa
+from densa.models.hf.source import source_info
 from densa.models.transformer import Transformer
 
 
@@ -29,16 +30,19 @@ def is_hf_folder(path: str | os.PathLike) -> bool:
 
 
 def load_hf_config(path: str | os.PathLike, *, max_seq_len: int | None = None) -> ModelConfig:
+    """The folder's ModelConfig; `extra` records its generation_config.json and where it comes from
+    (`hf_source`: Hub id, license, datasets; see densa.models.hf.source)."""
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such folder (expected an HF model folder with config.json)")
     hf = read_json(folder / "config.json")
     config = config_from_hf(hf, max_seq_len=max_seq_len)
+    extra = {**config.extra, "hf_source": source_info(folder, hf)}
     generation = folder / "generation_config.json"
     if generation.is_file():
         gen = {k: v for k, v in read_json(generation).items() if k != "transformers_version"}
-        config = dataclasses.replace(config, extra={**config.extra, "hf_generation_config": gen})
-    return config
+        extra["hf_generation_config"] = gen
+    return dataclasses.replace(config, extra=extra)
 
 
 def load_hf_state(
