@@ -6,7 +6,8 @@ and raised together in one `ConfigError`. Each problem is attributed to the file
 the offending key, so an error inherited through `base:` points at the base file.
 
 `base: other.yaml` (relative to the recipe's folder) inherits one recipe; the base may itself have a base
-(cycles are an error). Mappings deep-merge; lists and scalars replace.
+(cycles are an error). Mappings deep-merge; lists and scalars replace. With `init.from_path`, `model:`
+fields left out are read from that folder (`densa.config.init_model`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import yaml
 
 from densa.config.checks import CHOICES, Problem, cross_section_problems
 from densa.config.errors import ConfigError
+from densa.config.init_model import fill_model, model_problems
 from densa.config.schema import RunConfig
 
 _FAIL = object()  # marks a value that could not be built; its problem is already recorded
@@ -331,12 +333,15 @@ def load_recipe_dict(
     composed = _compose(data, source, Path(source).parent, origins, (Path(source).resolve(),))
     for item in overrides:
         _apply_override(composed, item, origins)
+    init_model, problems = fill_model(composed, check)  # model: fields left out come from init.from_path
     builder = _Builder()
     cfg = builder.build(RunConfig, composed, "")
-    if builder.problems:
-        raise ConfigError(_render(builder.problems, origins, source))
+    if problems or builder.problems:
+        raise ConfigError(_render([*problems, *builder.problems], origins, source))
     if check:
         problems = cross_section_problems(cfg)
+        if init_model is not None:
+            problems = [*model_problems(cfg.model, init_model, str(cfg.init.from_path)), *problems]
         if problems:
             raise ConfigError(_render(problems, origins, source))
     return cfg

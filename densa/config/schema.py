@@ -48,7 +48,10 @@ class DataSection:
 @dataclass(frozen=True, kw_only=True)
 class InitSection:
     from_path: str | None = None
-    """Start from an HF folder or a densa checkpoint instead of random init (YAML key: `from_path`)."""
+    """Start from an HF folder or a densa checkpoint instead of random init (YAML key: `from_path`). The
+    `model:` section may then be left out or given in part: its fields are read from this folder, and
+    fields given must agree with it (floats to a relative 1e-6), except max_seq_len, init_std,
+    activation_threshold and extra."""
     freeze: tuple[str, ...] = ()
     """Glob patterns of parameter names to freeze (e.g. `embed_tokens.*`, `layers.*.attn.*`)."""
 

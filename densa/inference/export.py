@@ -23,6 +23,7 @@ from densa.models.hf import hf_flavour, save_hf
 from densa.models.hf.convert import TOKENIZER_FILES
 
 HF_TOKENIZER_FILES = TOKENIZER_FILES
+DEFAULT_LICENSE = "apache-2.0"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
 
@@ -63,6 +64,21 @@ def _token_ids(tokenizer: Path) -> dict[str, int]:
     return {k: int(v) for k, v in ids.items() if v is not None}
 
 
+def _provenance(config: ModelConfig, license: str | None) -> dict[str, Any]:
+    """CardInputs' license / base_model / datasets fields from the source recorded in `config.extra`."""
+    source = config.extra.get("hf_source")
+    if not isinstance(source, dict):  # trained from scratch (or from a folder that recorded nothing)
+        return {"license": license or DEFAULT_LICENSE}
+    out: dict[str, Any] = {
+        "license": license or source.get("license"),
+        "base_model": source.get("repo_id"),
+        "datasets": list(source.get("datasets") or []),
+    }
+    if license is None:
+        out.update(license_name=source.get("license_name"), license_link=source.get("license_link"))
+    return out
+
+
 def _check_predictors(path: Path, config: ModelConfig) -> dict[str, Any]:
     """The predictors file's metadata, after checking it was trained for this architecture."""
     from densa.sparsity.errors import SparsityError
@@ -89,7 +105,7 @@ def export_model(
     tokenizer: str | os.PathLike | None = None,
     dtype: torch.dtype | None = None,
     name: str | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     recipe_text: str | None = None,
     data: list[dict[str, Any]] | None = None,
     metrics: dict[str, Any] | None = None,
@@ -97,7 +113,11 @@ def export_model(
     predictors: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the HF folder `out`; token ids for config/generation_config come from the tokenizer.
+    """Write the HF folder `out`. Token ids in config.json come from the tokenizer (else what the config
+    records); generation_config.json is the source model's (`extra["hf_generation_config"]`) with missing
+    ids filled from config.json's. The model card's `base_model`, `datasets` and `license` come from
+    `extra["hf_source"]` (the model finetuned from); `license` given overrides, and a model with no source
+    gets apache-2.0.
 
     sparsity_report / predictors: copied as sparsity.json / predictors.safetensors, which
     `InferenceEngine.from_pretrained` picks up for `ffn="sparse"`.
@@ -108,9 +128,7 @@ def export_model(
             raise CheckpointError(
                 f"{tok_path}: tokenizer not found (a SentencePiece .model file or an HF folder)"
             )
-        ids = _token_ids(tok_path)
-        extra = {k: v for k, v in config.extra.items() if k != "hf_generation_config"}
-        config = dataclasses.replace(config, extra={**extra, **ids})
+        config = dataclasses.replace(config, extra={**config.extra, **_token_ids(tok_path)})
     sparsity = None
     if sparsity_report is not None:
         report_path = Path(sparsity_report)
@@ -131,7 +149,7 @@ def export_model(
         card = CardInputs(
             name=name or Path(out).name,
             config=config,
-            license=license,
+            **_provenance(config, license),
             recipe_text=recipe_text,
             data=data or [],
             metrics=metrics or {},

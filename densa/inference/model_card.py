@@ -16,7 +16,14 @@ from densa.models.config import ModelConfig
 class CardInputs:
     name: str
     config: ModelConfig
-    license: str = "apache-2.0"
+    license: str | None = "apache-2.0"
+    """None: no license line (a finetune whose source names none)."""
+    license_name: str | None = None
+    license_link: str | None = None
+    base_model: str | None = None
+    """Hub id of the model this one was finetuned from."""
+    datasets: list[str] = field(default_factory=list)
+    """Hub ids of datasets, for the front matter (the source model's)."""
     recipe_text: str | None = None
     """The run's resolved recipe.yaml, verbatim."""
     data: list[dict[str, Any]] = field(default_factory=list)
@@ -92,19 +99,25 @@ def build_model_card(inputs: CardInputs) -> str:
         tags.append("activation-sparsity")
     if inputs.remote_code:
         tags.append("custom_code")
-    front = (
-        "---\n"
-        "library_name: transformers\n"
-        f"license: {json.dumps(inputs.license)}\n"
-        "pipeline_tag: text-generation\n"
-        f"tags:\n{_yaml_list(list(dict.fromkeys(tags)))}\n"
-        "---\n"
-    )
+    meta = ["library_name: transformers"]
+    for key in ("license", "license_name", "license_link", "base_model"):
+        value = getattr(inputs, key)
+        if value:
+            meta.append(f"{key}: {json.dumps(value)}")
+    if inputs.datasets:
+        meta.append(f"datasets:\n{_yaml_list(inputs.datasets)}")
+    meta += ["pipeline_tag: text-generation", f"tags:\n{_yaml_list(list(dict.fromkeys(tags)))}"]
+    front = "---\n" + "\n".join(meta) + "\n---\n"
     params = c.num_params()
     lines = [
         f"# {inputs.name}",
         "",
-        "A decoder language model trained and exported with densa.",
+        "A decoder language model trained and exported with densa"
+        + (
+            f", finetuned from [{inputs.base_model}](https://huggingface.co/{inputs.base_model})."
+            if inputs.base_model
+            else "."
+        ),
         "",
         "## Model",
         "",

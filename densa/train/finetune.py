@@ -1,4 +1,4 @@
-"""Finetuning helpers: start from existing weights, freeze by glob, export to an HF folder at the end.
+"""Finetuning helpers: start from existing weights (or only read their config), freeze by glob.
 
 `load_weights(path)` accepts the three kinds of model a user has lying around:
 - an HF folder (config.json with `model_type`) — through `densa.models.hf`;
@@ -8,60 +8,84 @@
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import os
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from densa.errors import CheckpointError, DensaError
-from densa.models.config import ModelConfig
+from densa.models.config import ModelConfig, shape_differences
 
 
-def load_weights(path: str | os.PathLike) -> tuple[ModelConfig | None, dict[str, torch.Tensor]]:
-    """(model config if recorded, tp = 1 densa state dict) of an HF/densa folder or a checkpoint."""
-    from densa.models.checkpoint_io import is_densa_checkpoint, load_model_state
-    from densa.models.hf.importer import is_hf_folder, load_hf_state
-    from densa.train.checkpoint import RECIPE_FILE, checkpoint_weights, is_complete, latest_checkpoint
+def _kind(folder: Path) -> tuple[str, Path]:
+    """("hf" | "densa" | "checkpoint", folder to read) of an init/export source; a run dir resolves to its
+    newest complete checkpoint."""
+    from densa.models.checkpoint_io import is_densa_checkpoint
+    from densa.models.hf.importer import is_hf_folder
+    from densa.train.checkpoint import is_complete, latest_checkpoint
 
-    folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such folder (expected an HF folder, densa model or checkpoint)")
     if is_hf_folder(folder):
-        return load_hf_state(folder)
+        return "hf", folder
     if is_densa_checkpoint(folder):
-        return load_model_state(folder)
+        return "densa", folder
     if not is_complete(folder) and latest_checkpoint(folder) is not None:
         folder = latest_checkpoint(folder)
     if is_complete(folder):
-        from densa.config.load import load_recipe
-        from densa.train.methods import trained_model_config
-
-        cfg = load_recipe(folder / RECIPE_FILE, check=False)
-        # The architecture trained, not the one loaded: ProSparse swaps the activation to ReLU.
-        return trained_model_config(cfg), checkpoint_weights(folder)
+        return "checkpoint", folder
     raise CheckpointError(
         f"{folder}: not an HF folder (config.json with model_type), a densa model folder or a complete"
         " densa training checkpoint (step_N with a COMPLETE marker)"
     )
 
 
-def _shape_fields(config: ModelConfig) -> dict:
-    # Not a shape: a FATReLU checkpoint may seed a ReLU run (ProSparse applies its own T).
-    skip = {"extra", "max_seq_len", "init_std", "activation_threshold"}
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
+def _checkpoint_config(folder: Path) -> ModelConfig:
+    from densa.config.load import load_recipe
+    from densa.train.checkpoint import RECIPE_FILE
+    from densa.train.methods import trained_model_config
+
+    # The architecture trained, not the one loaded: ProSparse swaps the activation to ReLU.
+    return trained_model_config(load_recipe(folder / RECIPE_FILE, check=False))
+
+
+def read_model_config(path: str | os.PathLike, *, max_seq_len: int | None = None) -> ModelConfig:
+    """The model config of an HF folder, densa model folder or training checkpoint (or run dir), without
+    reading its weights. `max_seq_len` replaces an HF folder's `max_position_embeddings` as the context."""
+    from densa.models.checkpoint_io import load_model_config
+    from densa.models.hf.importer import load_hf_config
+
+    kind, folder = _kind(Path(path))
+    if kind == "hf":
+        return load_hf_config(folder, max_seq_len=max_seq_len)
+    if kind == "densa":
+        return load_model_config(folder)
+    return _checkpoint_config(folder)
+
+
+def load_weights(path: str | os.PathLike) -> tuple[ModelConfig | None, dict[str, torch.Tensor]]:
+    """(model config if recorded, tp = 1 densa state dict) of an HF/densa folder or a checkpoint."""
+    from densa.models.checkpoint_io import load_model_state
+    from densa.models.hf.importer import load_hf_state
+    from densa.train.checkpoint import checkpoint_weights
+
+    kind, folder = _kind(Path(path))
+    if kind == "hf":
+        return load_hf_state(folder)
+    if kind == "densa":
+        return load_model_state(folder)
+    return _checkpoint_config(folder), checkpoint_weights(folder)
 
 
 def init_from(model: nn.Module, path: str | os.PathLike, tp_rank: int = 0) -> None:
-    """Load `path`'s weights into `model` (sharded for TP); its architecture must match the recipe's."""
+    """Load `path`'s weights into `model` (sharded for TP); its architecture must match the recipe's
+    (floats to a relative 1e-6: `norm_eps` 1e-5 and float32's 9.999999747e-06 are the same)."""
     config, state = load_weights(path)
     ours = model.config
     if config is not None:
-        a, b = _shape_fields(config), _shape_fields(ours)
-        diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+        diff = shape_differences(config, ours)
         if diff:
             desc = ", ".join(f"{k}: {x!r} there, {y!r} in the recipe" for k, (x, y) in diff.items())
             raise CheckpointError(f"init.from_path {path}: model differs from the recipe's ({desc})")
@@ -94,28 +118,6 @@ def freeze(model: nn.Module, patterns: tuple[str, ...] | list[str]) -> list[str]
     if len(frozen) == len(names):
         raise DensaError("init.freeze: every parameter is frozen; nothing would train")
     return frozen
-
-
-def export_hf_folder(
-    hf_dir: str | os.PathLike, config: ModelConfig, state: dict[str, torch.Tensor], tokenizer: str | None
-) -> Path:
-    """Write an HF folder (weights, config, generation config) plus the run's tokenizer files."""
-    from densa.models.hf.exporter import save_hf
-
-    out = save_hf(hf_dir, config, state, overwrite=True)
-    if tokenizer:
-        tok = Path(tokenizer)
-        if tok.is_file() and tok.suffix == ".model":
-            from densa.data.hf_export import export_sentencepiece_to_hf
-
-            export_sentencepiece_to_hf(tok, out)
-        elif tok.is_dir():
-            from densa.models.hf.convert import TOKENIZER_FILES
-
-            for name in TOKENIZER_FILES:
-                if (tok / name).is_file():
-                    shutil.copy2(tok / name, out / name)
-    return out
 
 
 def load_model(path: str | os.PathLike, config: ModelConfig | None = None):

@@ -24,8 +24,9 @@ from densa.config.schema import RunConfig
 from densa.train import engine as eng
 from densa.train.callbacks import Callback
 from densa.train.data import BatchSource, load_run_tokenizer, train_source, valid_batches
+from densa.train.export import export_run
 from densa.train.failures import dist_timeout_s, preflight
-from densa.train.finetune import export_hf_folder, freeze, init_from
+from densa.train.finetune import freeze, init_from
 from densa.train.loop import Trainer, TrainResult
 from densa.train.methods import method_callbacks, method_loss, prepare_model, trained_model_config
 
@@ -141,8 +142,18 @@ def export_final(trainer: Trainer) -> Path | None:
     if not cfg.export.hf_dir:
         return None
     state = trainer.engine.full_state_dict()
-    if trainer.is_main:
-        export_hf_folder(cfg.export.hf_dir, trained_model_config(cfg), state, cfg.data.tokenizer)
+    if trainer.is_main:  # the exporter `densa export RUN` uses: the same files from the same weights
+        export_run(
+            cfg.export.hf_dir,
+            trained_model_config(cfg),
+            state,
+            run=Path(cfg.run.out_dir),
+            folder=trainer.last_checkpoint,
+            recipe_text=trainer.recipe_yaml,
+            step=trainer.state.step,
+            tokenizer=cfg.data.tokenizer,
+            overwrite=True,  # only a folder densa wrote: the recipe check refused any other
+        )
     eng.barrier()
     return Path(cfg.export.hf_dir)
 

@@ -22,7 +22,12 @@ def register(subparsers) -> None:
     p.add_argument(
         "--predictors", default=None, help="predictors.safetensors (default: one next to the source)"
     )
-    p.add_argument("--license", default="apache-2.0", help="license in the model card's front matter")
+    p.add_argument(
+        "--license",
+        default=None,
+        help="license in the model card's front matter (default: the source model's, or apache-2.0 for a"
+        " model trained from scratch)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload --out to this Hub repo")
     p.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded")
@@ -79,8 +84,9 @@ def _export(args: argparse.Namespace) -> int:
     import yaml
 
     from densa.errors import CheckpointError
-    from densa.inference import data_rows, export_model, last_metrics, parse_dtype, push_to_hub
+    from densa.inference import parse_dtype, push_to_hub
     from densa.outputs import check_destination, check_replaceable
+    from densa.train.export import export_run, side_files
     from densa.train.finetune import load_weights
 
     if args.dry_run and not args.push_to_hub:
@@ -92,12 +98,9 @@ def _export(args: argparse.Namespace) -> int:
     tokenizer = args.tokenizer or (recipe.get("data") or {}).get("tokenizer")
     if tokenizer is None and any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
         tokenizer = folder
-    sparsity = args.sparsity_report or _first(
-        folder / "sparsity.json", run / "sparsity.json" if run else None
-    )
-    predictors = args.predictors or _first(
-        folder / "predictors.safetensors", run / "predictors.safetensors" if run else None
-    )
+    found_sparsity, found_predictors = side_files(folder, run)
+    sparsity = args.sparsity_report or found_sparsity
+    predictors = args.predictors or found_predictors
     metrics_file = run / "metrics.jsonl" if run else None
     # Before reading the weights: never write into what is read, nor over a folder densa did not write.
     files = {"recipe": recipe_file, "metrics file": metrics_file, "tokenizer": tokenizer}
@@ -107,17 +110,17 @@ def _export(args: argparse.Namespace) -> int:
     config, state = load_weights(folder)
     if config is None:
         raise CheckpointError(f"{folder}: records no model config")
-    out = export_model(
+    out = export_run(  # the exporter the end-of-training export.hf_dir uses too
         args.out,
         config,
         state,
+        run=run,
+        folder=folder,
+        recipe_text=recipe_text,
+        step=_step(folder),
         tokenizer=tokenizer,
         dtype=parse_dtype(args.dtype),
-        name=(run or folder).name,
         license=args.license,
-        recipe_text=recipe_text,
-        data=data_rows(recipe, base=run),
-        metrics=last_metrics(metrics_file, _step(folder)) if metrics_file else {},
         sparsity_report=sparsity,
         predictors=predictors,
         overwrite=args.overwrite,
