@@ -333,15 +333,14 @@ def load_recipe_dict(
     composed = _compose(data, source, Path(source).parent, origins, (Path(source).resolve(),))
     for item in overrides:
         _apply_override(composed, item, origins)
-    init_model, problems = fill_model(composed, check)  # model: fields left out come from init.from_path
+    init = fill_model(composed, check)  # model: fields left out come from init.from_path
     builder = _Builder()
     cfg = builder.build(RunConfig, composed, "")
-    if problems or builder.problems:
-        raise ConfigError(_render([*problems, *builder.problems], origins, source))
+    if init.problems or builder.problems:
+        problems = [*init.problems, *(model_problems(None, init) if check else []), *builder.problems]
+        raise ConfigError(_render(problems, origins, source))
     if check:
-        problems = cross_section_problems(cfg)
-        if init_model is not None:
-            problems = [*model_problems(cfg.model, init_model, str(cfg.init.from_path)), *problems]
+        problems = [*model_problems(cfg.model, init), *cross_section_problems(cfg)]
         if problems:
             raise ConfigError(_render(problems, origins, source))
     return cfg

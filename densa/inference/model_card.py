@@ -127,7 +127,7 @@ def build_model_card(inputs: CardInputs) -> str:
         f"| heads (kv heads) | {c.n_heads} ({c.n_kv_heads or c.n_heads}) |",
         f"| FFN | {c.ffn_dim} neurons, {ffn} |",
         f"| vocabulary | {c.vocab_size} |",
-        f"| context | {c.max_seq_len} |",
+        f"| context | {max(c.max_seq_len, int(c.extra.get('hf_max_position_embeddings') or 0))} |",
     ]
     if params:
         lines.append(f"| parameters | {params:,} |")

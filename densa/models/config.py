@@ -144,13 +144,16 @@ REL_TOL = 1e-6
 (`9.999999747e-06`) and one written as `1e-5` describe one model."""
 
 
-def _same(a: Any, b: Any, rel_tol: float) -> bool:
+def values_agree(a: Any, b: Any, rel_tol: float = REL_TOL) -> bool:
+    """Equal, floats to a relative `rel_tol`, strings case-insensitively, dicts item by item."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k], rel_tol) for k in a)
+        return a.keys() == b.keys() and all(values_agree(a[k], b[k], rel_tol) for k in a)
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     if isinstance(a, int | float) and isinstance(b, int | float):
         return math.isclose(a, b, rel_tol=rel_tol, abs_tol=0.0)
+    if isinstance(a, str) and isinstance(b, str):
+        return a.lower() == b.lower()
     return a == b
 
 
@@ -161,4 +164,4 @@ def shape_differences(
     given) where two configs disagree; floats compare with relative tolerance `rel_tol`."""
     da, db = dataclasses.asdict(a), dataclasses.asdict(b)
     names = [k for k in da if k not in NOT_SHAPE_FIELDS and (fields is None or k in fields)]
-    return {k: (da[k], db[k]) for k in names if not _same(da[k], db[k], rel_tol)}
+    return {k: (da[k], db[k]) for k in names if not values_agree(da[k], db[k], rel_tol)}

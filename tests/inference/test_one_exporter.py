@@ -144,6 +144,7 @@ def test_ids_generation_config_and_card_follow_the_source(run, source):
     config = json.loads((out / "config.json").read_text())
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (1, 2, 3)
     assert config["max_position_embeddings"] == 128  # the source's, not the run's seq_len
+    assert "| context | 128 |" in (out / "README.md").read_text()
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["eos_token_id"] == [2, 5] and generation["bos_token_id"] == 1
     assert generation["pad_token_id"] == 3

@@ -57,8 +57,7 @@ def test_model_section_left_out_is_read_from_the_folder(tmp_path, hf_folder):
         "silu",
         True,
     )
-    assert m.max_seq_len == SEQ  # an HF folder's context is data.seq_len unless model.max_seq_len says
-    assert m.extra["hf_max_position_embeddings"] == 256  # kept for the export
+    assert m.max_seq_len == 256  # the folder's max_position_embeddings
     # The resolved recipe (saved in run dirs and checkpoints) has every field and loads unchecked as is.
     assert load_recipe_dict(yaml.safe_load(dump_recipe(cfg)), "resolved.yaml", check=False) == cfg
 
@@ -92,6 +91,14 @@ def test_check_names_a_disagreeing_field_and_both_values(tmp_path, hf_folder, ca
     assert "model.dim" not in err and "model.norm_eps: 1e-05" not in err
     with pytest.raises(ConfigError, match=r"model\.rope_theta: 10000\.0 in the recipe, 50000\.0 in init"):
         load_recipe_dict(recipe(tmp_path, hf_folder, {"rope_theta": 10000}), "r.yaml")
+    # A disagreement that also breaks the model (3 heads over the folder's 2 KV heads) is still named.
+    with pytest.raises(ConfigError) as info:
+        load_recipe_dict(recipe(tmp_path, hf_folder, {"n_heads": 3}), "r.yaml")
+    assert info.value.problems == [
+        f"r.yaml: model.n_heads: 3 in the recipe, 4 in {where} (leave model.n_heads out to take it"
+        " from there)",
+        "r.yaml: model: n_heads (3) must be divisible by n_kv_heads (2)",
+    ]
 
 
 def test_unreadable_folder_without_model_section(tmp_path):
