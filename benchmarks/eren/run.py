@@ -87,6 +87,29 @@ def retrieval_recall(probes: Path, ks=(1, 3, 5, 10)) -> dict:
     return out
 
 
+def instruction_setup(run_dir: Path) -> dict | None:
+    """Wall time and losses of the instruction-setup run (recipes/eren_sft_smollm2.yaml), from its metrics."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    train = [r for r in records if "train/loss" in r]
+    valid = [r for r in records if "val/loss" in r]
+    first = train[0]
+    # The first logged record closes step log_interval: add those steps' own time to the span.
+    wall = train[-1]["time"] - first["time"] + first["perf/step_s"] * first["step"]
+    step_s = sorted(r["perf/step_s"] for r in train)
+    return {
+        "recipe": "recipes/eren_sft_smollm2.yaml",
+        "steps": train[-1]["step"],
+        "examples_seen": train[-1]["train/consumed_samples"],
+        "wall_s": round(wall),
+        "median_step_s": round(step_s[len(step_s) // 2], 1),
+        "train_loss_first_last": [round(first["train/loss"], 3), round(train[-1]["train/loss"], 3)],
+        "val_loss": {r["step"]: round(r["val/loss"], 4) for r in valid},
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default=",".join(METHODS))
@@ -132,6 +155,7 @@ def main() -> int:
         "protocol": next(iter(reports.values()))["protocol"],
         "methods": {n: {"hparams": r["hparams"], "results": r["results"]} for n, r in reports.items()},
         "retrieval": recall,
+        "instruction_setup": instruction_setup(ROOT / "runs/eren-sft-smollm2"),
     }
     lines = [
         "# EREN on SmolLM2-135M-Instruct: editing by reading notes vs baselines",
@@ -157,6 +181,15 @@ def main() -> int:
     ]
     for name in ("minilm", "bm25"):
         lines.append(f"| {name} | " + " | ".join(_pct(v) for v in recall[name].values()) + " |")
+    setup = payload["instruction_setup"]
+    if setup:
+        lines += [
+            "",
+            f"Instruction setup ({setup['recipe']}): {setup['steps']} steps,"
+            f" {setup['examples_seen']} examples, {setup['wall_s'] / 60:.0f} min wall on this machine"
+            f" (median step {setup['median_step_s']} s);"
+            f" validation loss by step {setup['val_loss']}.",
+        ]
     write_results("eren", payload, "\n".join(lines) + "\n")
     plot_metrics({n: r["results"] for n, r in reports.items()}, ROOT / "benchmarks/results/eren.png")
     print("\n".join(lines))

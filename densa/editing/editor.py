@@ -70,7 +70,11 @@ class Editor:
         self.hparams = hp = hparams
         self.model_path = resolve_model(hp.model_name)
         self.reader = Reader(
-            self.model_path, chat=hp.chat, max_new_tokens=hp.max_new_tokens, batch_size=hp.batch_size
+            self.model_path,
+            chat=hp.chat,
+            max_new_tokens=hp.max_new_tokens,
+            batch_size=hp.batch_size,
+            device=hp.device,
         )
         self.notebook = Notebook.load(hp.notebook) if hp.notebook else Notebook()
         self.note_reader: NoteReader | None = None
@@ -236,7 +240,7 @@ class Editor:
         model.train()
         try:
             for req in requests:
-                ids = torch.tensor([tok(req.note)["input_ids"]])
+                ids = torch.tensor([tok(req.note)["input_ids"]], device=model.device)
                 for _ in range(hp.ft_steps_per_edit):
                     loss = model(input_ids=ids, labels=ids).loss
                     loss.backward()

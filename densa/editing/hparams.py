@@ -54,6 +54,7 @@ class EditHParams:
     max_new_tokens: int = 16
     batch_size: int = 16
     device: str = "cpu"
+    """Where the reader runs (`cpu`, `cuda`, `cuda:1`); the retriever's encoder stays on the CPU."""
     notebook: str | None = None
     """Optional JSONL notebook to start from (edits add to it in memory unless the editor saves)."""
     # FT baseline

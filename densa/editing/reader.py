@@ -33,6 +33,7 @@ class Reader:
         max_new_tokens: int = 16,
         batch_size: int = 16,
         dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
     ) -> None:
         from densa.models.checkpoint_io import is_densa_checkpoint
         from densa.models.hf.importer import is_hf_folder
@@ -49,13 +50,13 @@ class Reader:
             self.tokenizer.padding_side = "left"
             if self.tokenizer.pad_token_id is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
-            self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).eval()
+            self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).to(device).eval()
             self.max_len = int(getattr(self.model.config, "max_position_embeddings", 2048))
         elif is_densa_checkpoint(self.path):
             from densa.inference import InferenceEngine
 
             self.backend = "densa"
-            self.engine = InferenceEngine.from_pretrained(self.path, dtype=dtype)
+            self.engine = InferenceEngine.from_pretrained(self.path, dtype=dtype, device=device)
             self.tokenizer = self.engine.tokenizer
             if self.tokenizer is None:
                 raise ReaderError(f"{self.path}: a reader needs a tokenizer in the model folder")
@@ -116,8 +117,9 @@ class Reader:
             return [g.text or "" for g in out.generations]
         width = max(map(len, batch))
         pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in batch])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch])
+        device = self.model.device
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch], device=device)
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
