@@ -9,6 +9,7 @@ paraphrases). Methods (hparams/*/smollm2-135m*.yaml), all on the same probes and
     EREN (untuned)       EREN's procedure with the reader before the instruction setup
     ONE_STEP (tuned)     one-step reading with the instruction-tuned reader
     EREN (tuned)         EREN with the reader after recipes/eren_sft_smollm2.yaml
+    EREN (tuned, 2 hops) the same with a second retrieval hop (question + best note)
 
 Each method's `densa edit eval` output goes to runs/eren-bench/LABEL/ (a finished method is not rerun);
 the combined table goes to benchmarks/results/eren.{json,md,png}.
@@ -36,6 +37,7 @@ METHODS = {
     "eren_untuned": "hparams/EREN/smollm2-135m-untuned.yaml",
     "one_step_tuned": "hparams/ONE_STEP/smollm2-135m.yaml",
     "eren_tuned": "hparams/EREN/smollm2-135m.yaml",
+    "eren_tuned_hops2": "hparams/EREN/smollm2-135m-2hop.yaml",
 }
 SIZES = (10, 100, 1000)
 KEYS = (

@@ -85,7 +85,13 @@ class Editor:
             retriever = build_retriever(hp.retriever, encoder)
             mode = "eren" if hp.alg_name == "EREN" else "one_step"
             self.note_reader = NoteReader(
-                self.reader, retriever, self.notebook, hp.top_k, mode, fallback=hp.fallback == "closed_book"
+                self.reader,
+                retriever,
+                self.notebook,
+                hp.top_k,
+                mode,
+                fallback=hp.fallback == "closed_book",
+                hops=hp.retrieval_hops,
             )
         self._original: dict[str, torch.Tensor] | None = None
         self._ft_optimizer: torch.optim.Optimizer | None = None

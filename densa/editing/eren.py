@@ -43,6 +43,23 @@ class Answer:
         }
 
 
+HOP_SLOTS = 2
+"""Places of the top-k that a second retrieval hop may fill."""
+
+
+def _merge(first: list[Hit], second: list[Hit], k: int) -> list[Hit]:
+    keep = max(k - HOP_SLOTS, 1)
+    out = first[:keep]
+    seen = {h.note.id for h in out}
+    for hit in [*second, *first[keep:]]:
+        if len(out) == k:
+            break
+        if hit.note.id not in seen:
+            out.append(hit)
+            seen.add(hit.note.id)
+    return out
+
+
 class NoteReader:
     """A reader, a retriever over a notebook, and the answering procedure `mode`."""
 
@@ -54,9 +71,10 @@ class NoteReader:
         top_k: int = 5,
         mode: Mode = "eren",
         fallback: bool = True,
+        hops: int = 1,
     ) -> None:
         self.reader, self.retriever, self.notebook = reader, retriever, notebook
-        self.top_k, self.mode, self.fallback = top_k, mode, fallback
+        self.top_k, self.mode, self.fallback, self.hops = top_k, mode, fallback, hops
         self.retriever.index(notebook.notes)
 
     def sync(self) -> None:
@@ -68,13 +86,24 @@ class NoteReader:
         else:
             self.retriever.index(notes)
 
+    def retrieve(self, questions: Sequence[str]) -> list[list[Hit]]:
+        """Top-k notes per question. With `hops=2` a second search runs on the question plus its best
+        note, and its new notes take the last `HOP_SLOTS` places: the second hop of "the capital of the
+        country where X is" names a country that only the first note mentions."""
+        hits = self.retriever.search(questions, self.top_k)
+        if self.hops < 2 or self.top_k < 2:
+            return hits
+        expanded = [f"{q} {hs[0].note.text}" if hs else q for q, hs in zip(questions, hits, strict=True)]
+        second = self.retriever.search(expanded, self.top_k)
+        return [_merge(a, b, self.top_k) for a, b in zip(hits, second, strict=True)]
+
     def ask(self, questions: Sequence[str]) -> list[Answer]:
         questions = list(questions)
         if self.mode == "closed_book" or len(self.notebook) == 0:
             texts = self.reader.answer([closed_book_prompt(q) for q in questions])
             return [Answer(q, t, "closed_book") for q, t in zip(questions, texts, strict=True)]
         self.sync()
-        hits = self.retriever.search(questions, self.top_k)
+        hits = self.retrieve(questions)
         abstain = self.mode == "eren"
         prompts = [
             read_prompt(q, [h.note.text for h in hs], abstain=abstain)

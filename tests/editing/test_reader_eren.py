@@ -103,3 +103,21 @@ def test_empty_notebook_answers_closed_book_and_new_notes_are_indexed():
     assert (answer.text, answer.source) == ("Lima", "notes")
     book.remove("n000001")
     assert nr.ask(["What is the capital of France?"])[0].source == "closed_book"
+
+
+def test_second_retrieval_hop_finds_the_bridge_note():
+    book = Notebook()
+    book.add_many(
+        [
+            "Penza is a city in Norway.",
+            "The capital of France is Lima.",
+            "The capital of Peru is Kyoto.",
+            "The capital of Chile is Rome.",
+            "The capital of Norway is Oslo.",
+        ]
+    )
+    question = ["What is the capital of the country where Penza is located?"]
+    one = NoteReader(ScriptedReader([]), BM25Retriever(), book, top_k=3, hops=1).retrieve(question)[0]
+    two = NoteReader(ScriptedReader([]), BM25Retriever(), book, top_k=3, hops=2).retrieve(question)[0]
+    assert [h.note.id for h in one] == ["n000001", "n000002", "n000003"]
+    assert [h.note.id for h in two] == ["n000001", "n000005", "n000002"]  # the hop fills the last places
