@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import machine_info, write_results
-from densa.editing.evaluate import plot_metrics, run_eval
+from densa.editing.evaluate import TABLE_KEYS, plot_metrics, run_eval
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = {
@@ -40,18 +40,7 @@ METHODS = {
     "eren_tuned_hops2": "hparams/EREN/smollm2-135m-2hop.yaml",
 }
 SIZES = (10, 100, 1000)
-KEYS = (
-    "ES",
-    "rewrite_acc",
-    "rephrase_acc",
-    "BP",
-    "BP_same_subject",
-    "BP_same_relation",
-    "BP_unrelated",
-    "EQ",
-    "two_hop_acc",
-    "retrieval_recall",
-)
+KEYS = TABLE_KEYS
 
 
 def _pct(v) -> str:
