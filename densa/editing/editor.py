@@ -76,7 +76,8 @@ class Editor:
             batch_size=hp.batch_size,
             device=hp.device,
         )
-        self.notebook = Notebook.load(hp.notebook) if hp.notebook else Notebook()
+        # The hparams' notebook is read, never written: edits live in memory (evaluations edit freely).
+        self.notebook = Notebook(Notebook.load(hp.notebook).notes if hp.notebook else ())
         self.note_reader: NoteReader | None = None
         if hp.alg_name in ("EREN", "ONE_STEP"):
             from densa.editing.retriever import build_retriever
@@ -144,7 +145,7 @@ class Editor:
 
     def reset(self) -> None:
         """Forget every edit (back to the hparams' notebook and the original weights)."""
-        self.notebook._notes = {n.id: n for n in self._base_notes}
+        self.notebook.restore(self._base_notes)
         if self._original is not None:
             self.reader.model.load_state_dict(self._original)
         self._ft_optimizer = None
@@ -158,21 +159,21 @@ class Editor:
     ) -> EditResult:
         reqs = [r if isinstance(r, EditRequest) else parse_requests([r])[0] for r in requests]
         result = EditResult(reqs)
-        pre = self._pre_answers(reqs) if evaluate else {}
+        pre = self.pre_answers(reqs) if evaluate else {}
         if sequential_edit:
             self.apply(reqs)
             if evaluate:
                 result.rows = self.score(reqs, pre)
             return result
         for req in reqs:  # each edit alone, then undo it
-            saved_notes = dict(self.notebook._notes)
+            saved_notes = self.notebook.notes
             saved_weights = (
                 copy.deepcopy(self.reader.model.state_dict()) if self._original is not None else None
             )
             self.apply([req])
             if evaluate:
                 result.rows += self.score([req], pre)
-            self.notebook._notes = saved_notes
+            self.notebook.restore(saved_notes)
             if saved_weights is not None:
                 self.reader.model.load_state_dict(saved_weights)
         return result
@@ -188,7 +189,8 @@ class Editor:
             out += [(group, p, truth) for p, truth in pairs]
         return out
 
-    def _pre_answers(self, reqs: Sequence[EditRequest]) -> dict[str, str]:
+    def pre_answers(self, reqs: Sequence[EditRequest]) -> dict[str, str]:
+        """Locality prompt -> the answer of the same system without edits (the BP reference)."""
         prompts = sorted({p for r in reqs for g, p, _ in self.probes(r) if g not in ("rewrite", "rephrase")})
         return {a.question: a.text for a in self.ask_unedited(prompts)}
 

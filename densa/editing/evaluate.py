@@ -29,6 +29,7 @@ from densa.editing.editor import Editor
 from densa.editing.hparams import EditHParams
 from densa.editing.requests import RequestError, parse_requests
 from densa.errors import DensaError
+from densa.outputs import write_text_atomic
 
 TABLE_KEYS = (
     "ES",
@@ -78,7 +79,6 @@ def run_eval(
     max_scored: int | None = None,
     seed: int = 0,
     label: str | None = None,
-    editor: Editor | None = None,
     log=None,
 ) -> dict[str, Any]:
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -94,12 +94,12 @@ def run_eval(
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    editor = editor or Editor(hp)
+    editor = Editor(hp)
     # Pre-edit answers once for every probe any size will score.
     scored = {n: scored_cases(n, max_scored, seed) for n in sizes}
     union = sorted({i for cases in scored.values() for i in cases})
     start = time.perf_counter()
-    pre = editor._pre_answers([requests[i] for i in union])
+    pre = editor.pre_answers([requests[i] for i in union])
     pre_s = time.perf_counter() - start
     log(f"edit eval [{label or hp.alg_name}]: pre-edit answers for {len(pre)} probes in {pre_s:.0f}s")
     results, all_rows = [], []
@@ -167,9 +167,7 @@ def editor_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _write(out: Path, report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     def atomic(name: str, text: str) -> None:
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
+        write_text_atomic(out / name, text)
 
     atomic("metrics.json", json.dumps(report, indent=2) + "\n")
     atomic("generations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -59,12 +59,11 @@ class EditHParams:
     device: str = "cpu"
     """Where the reader runs (`cpu`, `cuda`, `cuda:1`); the retriever's encoder stays on the CPU."""
     notebook: str | None = None
-    """Optional JSONL notebook to start from (edits add to it in memory unless the editor saves)."""
+    """Optional JSONL notebook to start from. It is only read: edits stay in the editor's memory."""
     # FT baseline
     ft_lr: float = 5e-5
     ft_steps_per_edit: int = 2
     """Optimizer steps per edit statement, edits applied one after another (sequential editing)."""
-    ft_batch: int = 1
 
     def __post_init__(self) -> None:
         _one_of("alg_name", self.alg_name, ALGORITHMS)
@@ -76,7 +75,7 @@ class EditHParams:
             raise ValueError("abstain_token: only 'unanswerable' is supported (the reader is trained on it)")
         if self.retrieval_hops not in (1, 2):
             raise ValueError("retrieval_hops: must be 1 or 2")
-        for key in ("top_k", "max_new_tokens", "batch_size", "ft_steps_per_edit", "ft_batch"):
+        for key in ("top_k", "max_new_tokens", "batch_size", "ft_steps_per_edit"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1")
         if self.ft_lr <= 0:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from densa.errors import DensaError
+from densa.outputs import write_text_atomic
 
 
 class NotebookError(DensaError):
@@ -135,20 +135,13 @@ class Notebook:
             undo()
             raise
 
+    def restore(self, notes: Iterable[Note]) -> None:
+        """Replace the notes in memory (an editor undoing edits); the file is not touched."""
+        self._notes = {note.id: note for note in notes}
+
     def save(self, path: str | os.PathLike | None = None) -> None:
         """Write atomically (temporary sibling, fsync, rename); a failure leaves the old file intact."""
         target = Path(path) if path is not None else self.path
         if target is None:
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for note in self._notes.values():
-                    f.write(note.to_json() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(target, "".join(note.to_json() + "\n" for note in self._notes.values()))

@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 
 from densa.editing.templates import TEMPLATES, TWO_HOP
 from densa.editing.world import World
+from densa.outputs import write_text_atomic
 
 COUNTRY_RELATIONS = ("capital", "continent", "currency", "demonym")
 CITY_RELATIONS = ("country", "country", "country", "continent")  # mostly country edits
@@ -145,15 +145,4 @@ def build_probes(world: World, n_edits: int = 1000, seed: int = 0) -> dict:
 
 
 def write_probes(probes: dict, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(probes, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(probes, ensure_ascii=False, indent=1) + "\n")

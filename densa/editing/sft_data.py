@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from densa.editing.notebook import Note
 from densa.editing.prompts import ABSTAIN, CLOSED_BOOK_VARIANTS, READ_VARIANTS, context_of
 from densa.editing.templates import SFT_RELATIONS, TEMPLATES, TWO_HOP
 from densa.editing.world import World
+from densa.outputs import write_text_atomic
 
 MIX = {"positive": 0.40, "negative": 0.35, "closed_book": 0.15, "two_hop": 0.10}
 NEGATIVE_KINDS = {
@@ -195,15 +195,4 @@ def build_eren_sft(
 
 
 def write_jsonl(records: list[dict], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

@@ -117,6 +117,19 @@ def test_edit_sequential_and_single_semantics(chat_reader_dir):
     assert all(set(r["notes"]) <= {"n000003", "n000004"} for r in single.rows)
 
 
+def test_editor_never_writes_the_hparams_notebook(tmp_path, chat_reader_dir):
+    book = tmp_path / "notes.jsonl"
+    book.write_text('{"id": "n000001", "text": "Lyon is a city in Peru."}\n', encoding="utf-8")
+    before = book.read_bytes()
+    hp = EditHParams(alg_name="EREN", model_name=str(chat_reader_dir), retriever="bm25", notebook=str(book))
+    editor = Editor(hp)
+    editor.edit(REQUESTS[:1], evaluate=False)
+    assert [n.text for n in editor.notebook] == ["Lyon is a city in Peru.", "The capital of France is Lima."]
+    assert book.read_bytes() == before
+    editor.reset()
+    assert [n.text for n in editor.notebook] == ["Lyon is a city in Peru."]
+
+
 def test_ft_baseline_moves_weights_and_reset_restores(chat_reader_dir):
     import torch
 
@@ -135,6 +148,5 @@ def test_metrics_json_is_serialisable(chat_reader_dir):
     editor = Editor(EditHParams(alg_name="NONE", model_name=str(chat_reader_dir), max_new_tokens=3))
     result = editor.edit(REQUESTS)
     json.dumps(result.metrics)
-    assert result.metrics["ES"] in (0.0, 0.5, 1.0 / 3, 2.0 / 3, 1.0)
     # NONE never changes an answer: behaviour is preserved exactly.
     assert result.metrics["BP"] == 1.0

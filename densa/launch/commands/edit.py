@@ -102,6 +102,7 @@ def _eren_sft(args: argparse.Namespace) -> int:
     from densa.editing.retriever import build_retriever
     from densa.editing.sft_data import build_eren_sft, write_jsonl
     from densa.errors import DensaError
+    from densa.outputs import write_text_atomic
 
     if not 0.5 <= args.counterfactual <= 1 or not 0 < args.valid_fraction < 1 or args.examples < 20:
         raise DensaError("need --counterfactual in [0.5, 1], --valid-fraction in (0, 1) and --examples >= 20")
@@ -123,7 +124,7 @@ def _eren_sft(args: argparse.Namespace) -> int:
         "max_k": args.max_k,
         "counterfactual": args.counterfactual,
     }
-    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_text_atomic(out / "stats.json", json.dumps(stats, indent=2) + "\n")
     print(json.dumps(stats, indent=2))
     return 0
 
