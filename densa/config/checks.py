@@ -9,6 +9,7 @@ launch` call `validate(cfg, world_size, device=...)` once the world is known.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 from densa.config.errors import ConfigError
@@ -137,9 +138,13 @@ def _data_problems(cfg: RunConfig, training: bool) -> list[Problem]:
                 out.append(Problem(f"{where}.weight", f"must be > 0, got {src.weight}"))
             if not src.path:
                 out.append(Problem(f"{where}.path", "is empty"))
-            elif d.format == "sft" and not src.path.endswith(".jsonl"):
+            elif d.format == "sft" and not _sft_path_ok(src.path):
                 out.append(
-                    Problem(f"{where}.path", f"data.format is sft, expected a .jsonl file, got {src.path!r}")
+                    Problem(
+                        f"{where}.path",
+                        "data.format is sft, expected a .jsonl or .parquet file or an existing datasets "
+                        f"or hub cache folder, got {src.path!r}",
+                    )
                 )
             elif d.format == "pretrain" and src.path.endswith((".bin", ".idx", ".json", ".jsonl")):
                 out.append(
@@ -148,7 +153,20 @@ def _data_problems(cfg: RunConfig, training: bool) -> list[Problem]:
                         f"give the dataset prefix without extension (data.format is pretrain): {src.path!r}",
                     )
                 )
+    if d.pack and d.format != "sft":
+        out.append(
+            Problem("data.pack", "packs SFT examples (format sft); pretraining data is packed already")
+        )
+    if d.pack and cfg.retaining_heads.enabled:  # heads_loss runs the model without the packing inputs
+        out.append(Problem("data.pack", "cannot be combined with retaining_heads.enabled"))
     return out
+
+
+def _sft_path_ok(path: str) -> bool:
+    """A JSONL/parquet file name, or a folder that exists (a datasets or hub cache folder)."""
+    if path.endswith((".jsonl", ".json", ".ndjson", ".parquet")):
+        return True
+    return Path(path).is_dir()
 
 
 def _ssd_problems(cfg: RunConfig) -> list[Problem]:

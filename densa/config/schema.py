@@ -26,7 +26,8 @@ class RunSection:
 @dataclass(frozen=True, kw_only=True)
 class DatasetSource:
     path: str
-    """Prefix of a preprocessed dataset (`PREFIX.bin`, `PREFIX.idx`, `PREFIX.json`), or an SFT JSONL file."""
+    """Prefix of a preprocessed dataset (`PREFIX.bin`, `PREFIX.idx`, `PREFIX.json`), or SFT data: a JSONL or
+    parquet file, a `datasets` folder (save_to_disk) or a hub cache folder (datasets--ORG--NAME)."""
     weight: float = 1.0
     """Blending weight (normalised over the list)."""
 
@@ -42,7 +43,11 @@ class DataSection:
     tokenizer: str | None = None
     """SentencePiece `.model` file or HF tokenizer folder; checked against each dataset's manifest."""
     format: str = "pretrain"
-    """`pretrain` (packed .bin/.idx) or `sft` (JSONL with messages or prompt/response, loss on responses)."""
+    """`pretrain` (packed .bin/.idx) or `sft` (messages or prompt/response, loss on responses, from a JSONL
+    or parquet file, a `datasets` save_to_disk folder or a hub cache folder)."""
+    pack: bool = False
+    """sft only: pack several examples into each row of seq_len tokens; attention and positions restart
+    per example (block-diagonal causal mask), loss masks are kept. Off: one padded example per row."""
 
 
 @dataclass(frozen=True, kw_only=True)

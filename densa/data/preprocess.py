@@ -73,7 +73,7 @@ def preprocess(
     if prepend_bos and tok.bos_id is None:
         raise DataError(f"tokenizer {tok.path} has no BOS token; drop --bos")
     files = expand_inputs(inputs)
-    total_bytes = sum(f.stat().st_size for f in files)
+    total_bytes = sum(_size(f) for f in files)
     stats = ReadStats()
     docs = (d for d in iter_documents(files, fmt, key, text_mode, streaming, skip_bad_lines, stats))
     prefix = str(output_prefix)
@@ -132,6 +132,13 @@ def preprocess(
         if pool is not None:
             pool.terminate()
     return PreprocessResult(prefix, manifest, stats.skipped_lines, skipped_empty)
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of all files in a `datasets` folder (for the progress bar)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
 
 
 def _pooled(pool, pending: Iterator[tuple[list[Document], list[str]]], ahead: int = 8):

@@ -2,7 +2,8 @@
 
 Plain text: by default a whole file is one document (`text_mode="file"`); `text_mode="paragraph"`
 makes every blank-line-separated paragraph a document. Inputs may be folders (read recursively,
-sorted, so the order and hence the dataset is deterministic).
+sorted, so the order and hence the dataset is deterministic); a `datasets` folder (`save_to_disk`) is
+read as one table and a hub cache folder as its snapshot's data files (`densa.data.tables`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from densa.data.tables import iter_table_rows, resolve_dataset_input, saved_dataset_kind, table_columns
 from densa.errors import DataError
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
@@ -42,7 +44,9 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
+        if p.is_dir() and (resolved := resolve_dataset_input(p)) is not None:
+            files += resolved
+        elif p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
         elif p.is_file():
             files.append(p)
@@ -56,6 +60,8 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
 def detect_format(path: Path, fmt: str = "auto") -> str:
     if fmt != "auto":
         return fmt
+    if saved_dataset_kind(path):
+        return "dataset"
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
         return "jsonl"
@@ -155,6 +161,18 @@ def read_parquet(path: Path, key: str = "text", streaming: bool = False) -> Iter
         yield Document(value, f"{path}:row {row_no}", len(value.encode("utf-8")))
 
 
+def read_saved_dataset(path: Path, key: str = "text") -> Iterator[Document]:
+    """Rows of a `datasets` folder (`save_to_disk`); `key` names the text column."""
+    columns = table_columns(path)
+    if key not in columns:
+        raise DataError(f"{path}: no column {key!r} (columns: {columns}); pick one with --key")
+    for where, row in iter_table_rows(path, [key]):
+        value = row[key]
+        if not isinstance(value, str):
+            raise DataError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
+        yield Document(value, where, len(value.encode("utf-8")))
+
+
 def iter_documents(
     files: list[Path],
     fmt: str = "auto",
@@ -173,5 +191,7 @@ def iter_documents(
             yield from read_text(path, text_mode)
         elif kind == "parquet":
             yield from read_parquet(path, key, streaming)
+        elif kind == "dataset":
+            yield from read_saved_dataset(path, key)
         else:
-            raise DataError(f"unknown input format {kind!r} (use jsonl, text or parquet)")
+            raise DataError(f"unknown input format {kind!r} (use jsonl, text, parquet or dataset)")

@@ -1,7 +1,8 @@
-"""Supervised finetuning data: JSONL chats -> token ids with loss only on assistant tokens.
+"""Supervised finetuning data: chats -> token ids with loss only on assistant tokens.
 
-Each line is `{"messages": [{"role": ..., "content": ...}, ...]}` or `{"prompt": ..., "response": ...}`
-(the latter is a user turn plus an assistant turn). Formatting:
+Each example is `{"messages": [{"role": ..., "content": ...}, ...]}` or `{"prompt": ..., "response": ...}`
+(the latter is a user turn plus an assistant turn): a line of a JSONL file, or a row of a parquet file,
+a `datasets` folder (`save_to_disk`) or a local hub cache folder (`densa.data.tables`). Formatting:
 
 - an HF tokenizer with a `chat_template` renders with `apply_chat_template`; the assistant span of turn
   i is the tokens between the rendering of `messages[:i]` (with generation prompt) and of `messages[:i+1]`;
@@ -19,7 +20,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from densa.data.readers import iter_jsonl_lines
+from densa.data.readers import JSONL_SUFFIXES, iter_jsonl_lines
+from densa.data.tables import (
+    data_files,
+    iter_table_rows,
+    resolve_dataset_input,
+    saved_dataset_kind,
+    table_columns,
+)
 from densa.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 from densa.errors import DataError
 
@@ -33,7 +41,8 @@ def _validate(record, where: str) -> list[dict]:
     if "messages" in record:
         msgs = record["messages"]
         if not isinstance(msgs, list) or not msgs:
-            raise DataError(f"{where}: 'messages' must be a non-empty list")
+            got = "an empty list" if isinstance(msgs, list) else type(msgs).__name__
+            raise DataError(f"{where}: 'messages' must be a non-empty list, got {got}")
         for j, m in enumerate(msgs):
             if (
                 not isinstance(m, dict)
@@ -48,8 +57,10 @@ def _validate(record, where: str) -> list[dict]:
         return [{"role": m["role"], "content": m["content"]} for m in msgs]
     if "prompt" in record or "response" in record:
         for k in ("prompt", "response"):
-            if not isinstance(record.get(k), str):
+            if k not in record:
                 raise DataError(f"{where}: missing or non-string key {k!r}")
+            if not isinstance(record[k], str):
+                raise DataError(f"{where}: {k!r} must be a string, got {type(record[k]).__name__}")
         return [
             {"role": "user", "content": record["prompt"]},
             {"role": "assistant", "content": record["response"]},
@@ -59,7 +70,9 @@ def _validate(record, where: str) -> list[dict]:
     )
 
 
-def read_sft_jsonl(path: str | Path, skip_bad_lines: bool = False) -> list[list[dict]]:
+def read_sft_jsonl(
+    path: str | Path, skip_bad_lines: bool = False, allow_empty: bool = False
+) -> list[list[dict]]:
     """All conversations of a JSONL file, validated; errors name `file:line`."""
     path = Path(path)
     if not path.is_file():
@@ -74,8 +87,50 @@ def read_sft_jsonl(path: str | Path, skip_bad_lines: bool = False) -> list[list[
         except DataError:
             if not skip_bad_lines:
                 raise
-    if not out:
+    if not out and not allow_empty:
         raise DataError(f"SFT file {path} contains no examples")
+    return out
+
+
+def _read_sft_table(path: Path, skip_bad_lines: bool) -> list[list[dict]]:
+    columns = table_columns(path)
+    if "messages" in columns:
+        wanted = ["messages"]
+    elif "prompt" in columns and "response" in columns:
+        wanted = ["prompt", "response"]
+    else:
+        raise DataError(
+            f"{path}: needs a column 'messages' or columns 'prompt' and 'response' (columns: {columns})"
+        )
+    out = []
+    for where, row in iter_table_rows(path, wanted):
+        try:
+            out.append(_validate(row, where))
+        except DataError:
+            if not skip_bad_lines:
+                raise
+    return out
+
+
+def read_sft(path: str | Path, skip_bad_lines: bool = False) -> list[list[dict]]:
+    """All conversations of a JSONL or parquet file, a `datasets` folder, a hub cache folder or a folder
+    of such files (only the train split's when file names carry split names).
+
+    Errors name `file:line` (JSONL) or `file:row N` (tables) and the key or column at fault."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"SFT data {path} does not exist")
+    files = resolve_dataset_input(path) if path.is_dir() else [path]
+    if files is None:  # a plain folder (e.g. a hub snapshot): its data files, train split only
+        files = data_files(path)
+    out: list[list[dict]] = []
+    for f in files:
+        if saved_dataset_kind(f) or f.suffix.lower() == ".parquet":
+            out += _read_sft_table(f, skip_bad_lines)
+        elif f.suffix.lower() in JSONL_SUFFIXES or f.is_file():
+            out += read_sft_jsonl(f, skip_bad_lines, allow_empty=True)
+    if not out:
+        raise DataError(f"SFT data {path} contains no examples")
     return out
 
 
@@ -128,7 +183,8 @@ def tokenize_conversation(
 
 
 class SFTDataset:
-    """`ds[i]` -> `{"input_ids", "labels", "loss_mask"}` of length `seq_len` (map-style)."""
+    """`ds[i]` -> `{"input_ids", "labels", "loss_mask"}` of length `seq_len` (map-style); `path` as in
+    `read_sft`. `densa.data.packing.PackedSFTDataset` packs several examples per row instead."""
 
     def __init__(
         self,
@@ -142,7 +198,7 @@ class SFTDataset:
         self.tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer
         self.path, self.seq_len, self.template = str(path), seq_len, template
         self.prepend_bos = prepend_bos and self.tok.bos_id is not None
-        self.conversations = read_sft_jsonl(path, skip_bad_lines)
+        self.conversations = read_sft(path, skip_bad_lines)
         pad = self.tok.pad_id if self.tok.pad_id is not None else self.tok.eos_id
         if pad is None:
             raise DataError(f"tokenizer {self.tok.path} has neither a pad nor an EOS token for padding")

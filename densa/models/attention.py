@@ -42,7 +42,10 @@ class Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         kv_cache: KVCache | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`attn_mask` (bool [B, 1, T, T], True = may attend) replaces the causal mask, e.g. the
+        block-diagonal causal mask of packed SFT rows (`document_mask`); not with a KV cache."""
         batch, seq, _ = x.shape
         n_q, n_kv = self.n_local_heads, self.n_local_kv_heads
         qkv = self.qkv_proj(x).view(batch, seq, n_q + 2 * n_kv, self.head_dim)
@@ -62,7 +65,11 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         gqa = n_kv != n_q  # SDPA shares each KV head without copying it
-        if past == 0:
+        if attn_mask is not None:
+            if kv_cache is not None:
+                raise ValueError("attn_mask (packed documents) cannot be combined with a KV cache")
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
+        elif past == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=seq > 1, enable_gqa=gqa)
         elif seq == 1:
             out = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
@@ -73,3 +80,13 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         out = self.hook_out(out.transpose(1, 2).reshape(batch, seq, n_q * self.head_dim))
         return self.o_proj(out)
+
+
+def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """doc_ids [B, T] -> bool [B, 1, T, T]: token i sees token j iff j <= i and both are in one document.
+
+    The diagonal is always allowed, so no row is fully masked (padding gets its own document id)."""
+    seq = doc_ids.shape[1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=doc_ids.device).tril()
+    same = doc_ids.unsqueeze(2) == doc_ids.unsqueeze(1)
+    return (same & causal).unsqueeze(1)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from densa.models.attention import Attention
+from densa.models.attention import Attention, document_mask
 from densa.models.config import ModelConfig
 from densa.models.ffn import FeedForward
 from densa.models.hooks import HookPoint
@@ -27,9 +27,17 @@ class TransformerBlock(nn.Module):
         self.hook_resid = HookPoint()  # block output [B, T, dim]
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: KVCache | None = None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, kv_cache)
+        if attn_mask is None:  # the common path calls attention exactly as before packing existed
+            x = x + self.attn(self.attn_norm(x), cos, sin, kv_cache)
+        else:
+            x = x + self.attn(self.attn_norm(x), cos, sin, kv_cache, attn_mask=attn_mask)
         x = x + self.ffn(self.ffn_norm(x))
         return self.hook_resid(x)
 
@@ -84,16 +92,26 @@ class Transformer(nn.Module):
         *,
         position_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids [B, T] -> final normed hidden states [B, T, dim]."""
+        """input_ids [B, T] -> final normed hidden states [B, T, dim].
+
+        `doc_ids` [B, T] (packed rows): attention stays within equal ids; pass `position_ids` [B, T]
+        that restart at 0 per document so each one sees the positions it would see alone."""
         seq = input_ids.shape[1]
+        mask = document_mask(doc_ids) if doc_ids is not None else None
         if position_ids is None:
             start = kv_cache.seen_tokens if kv_cache is not None else 0
             position_ids = torch.arange(start, start + seq, device=input_ids.device)
         x = self.embed_tokens(input_ids)
         cos, sin = self.rope(position_ids, x.dtype)
         for layer in self.layers:
-            if self.gradient_checkpointing and self.training and kv_cache is None:
+            if mask is not None:
+                if self.gradient_checkpointing and self.training:
+                    x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, None, mask, use_reentrant=False)
+                else:
+                    x = layer(x, cos, sin, kv_cache, attn_mask=mask)
+            elif self.gradient_checkpointing and self.training and kv_cache is None:
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, kv_cache)
@@ -105,9 +123,10 @@ class Transformer(nn.Module):
         *,
         position_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids [B, T] -> logits [B, T, vocab_size]."""
-        hidden = self.hidden_states(input_ids, position_ids=position_ids, kv_cache=kv_cache)
+        """input_ids [B, T] -> logits [B, T, vocab_size] (`doc_ids`: see `hidden_states`)."""
+        hidden = self.hidden_states(input_ids, position_ids=position_ids, kv_cache=kv_cache, doc_ids=doc_ids)
         return nn.functional.linear(hidden, self.output_weight)
 
     def new_kv_cache(self, initial_capacity: int = 256) -> KVCache:

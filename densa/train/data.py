@@ -57,8 +57,12 @@ def build_dataset(cfg: RunConfig, sources, num_samples: int, seed: int, tokenize
         from densa.data.sft import SFTDataset
 
         if tokenizer is None:
-            raise DataError("data.format sft needs data.tokenizer (the JSONL holds text)")
+            raise DataError("data.format sft needs data.tokenizer (the SFT data holds text)")
         parts = [SFTDataset(s.path, tokenizer, cfg.data.seq_len) for s in sources]
+        if cfg.data.pack:  # rows are formed once by seed; EpochDataset then shuffles rows per epoch
+            from densa.data.packing import PackedSFTDataset
+
+            parts = [PackedSFTDataset(p, seed + i) for i, p in enumerate(parts)]
         if len(parts) == 1:
             return EpochDataset(parts[0], num_samples, seed)
         from densa.data.blend import BlendedDataset

@@ -46,6 +46,7 @@ from densa.config.schema import RunConfig
 from densa.errors import CheckpointError
 from densa.models.loss import causal_lm_loss
 from densa.train import safe_load
+from densa.train.eval import packed_inputs
 from densa.train.safe_load import DEEPSPEED_GLOBALS
 from densa.train.schedules import build_lr_lambda
 
@@ -115,8 +116,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def lm_loss(model: Callable[..., torch.Tensor], batch: Batch) -> torch.Tensor:
-    """Default loss: next-token CE, masked by `loss_mask` when the batch has one (SFT)."""
-    return causal_lm_loss(model(batch["input_ids"]), batch["labels"], batch.get("loss_mask"))
+    """Default loss: next-token CE, masked by `loss_mask` when the batch has one (SFT); packed SFT
+    rows also pass their `position_ids` and `doc_ids` to the model."""
+    logits = model(batch["input_ids"], **packed_inputs(batch))
+    return causal_lm_loss(logits, batch["labels"], batch.get("loss_mask"))
 
 
 class _MegatronMPU:

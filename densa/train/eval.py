@@ -9,6 +9,13 @@ import torch
 
 from densa.models.loss import causal_lm_loss
 
+PACKED_KEYS = ("position_ids", "doc_ids")
+
+
+def packed_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model keywords of a packed SFT batch (`densa.data.packing`); {} for any other batch."""
+    return {k: batch[k] for k in PACKED_KEYS if k in batch}
+
 
 @torch.no_grad()
 def loss_sums(
@@ -24,7 +31,8 @@ def loss_sums(
         mask = torch.ones_like(labels, dtype=torch.float32) if mask is None else mask.to(device).float()
         mask = mask * (labels != -100)
         n = float(mask.sum())
-        loss = causal_lm_loss(model(ids), labels, mask)
+        extra = {k: v.to(device) for k, v in packed_inputs(batch).items()}
+        loss = causal_lm_loss(model(ids, **extra), labels, mask)
         total += torch.tensor([float(loss) * n, n], dtype=torch.float64)
     return total
 

@@ -95,8 +95,13 @@ def test_problems_collected_together() -> None:
         ),
         (["schedule.warmup_steps=101"], "warmup (101) exceeds train.steps (100)"),
         (["eval.interval=10"], "eval.interval: is 10 but data.valid is empty"),
-        (["data.format=sft"], "data.train.0.path: data.format is sft, expected a .jsonl file, got 'd/train'"),
+        (
+            ["data.format=sft"],
+            "data.train.0.path: data.format is sft, expected a .jsonl or .parquet file or an existing "
+            "datasets or hub cache folder, got 'd/train'",
+        ),
         (["data.train.0.path=d/train.bin"], "data.train.0.path: give the dataset prefix without extension"),
+        (["data.pack=true"], "data.pack: packs SFT examples (format sft); pretraining data is packed"),
         (["data.train.0.weight=0"], "data.train.0.weight: must be > 0, got 0.0"),
         (["optim.lr=0"], "optim.lr: must be > 0, got 0.0"),
         (["logging.log_interval=0"], "logging.log_interval: must be > 0, got 0"),

@@ -11,12 +11,21 @@ def register(subparsers) -> None:
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data.set_defaults(handler=lambda args: (data.print_help(), 2)[1])
 
-    p = sub.add_parser("preprocess", help="tokenize JSONL/text/parquet into Megatron .bin/.idx + manifest")
-    p.add_argument("inputs", nargs="+", help="files or folders (read recursively, sorted)")
+    p = sub.add_parser(
+        "preprocess", help="tokenize JSONL/text/parquet/datasets folders into Megatron .bin/.idx + manifest"
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="files or folders (read recursively, sorted); a datasets folder (save_to_disk) or a hub "
+        "cache folder (datasets--ORG--NAME) is read as a dataset",
+    )
     p.add_argument("--tokenizer", required=True, help="SentencePiece .model or local HF tokenizer folder")
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.bin, PREFIX.idx, PREFIX.json")
-    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "text", "parquet"])
-    p.add_argument("--key", default="text", help="JSONL key / parquet column holding the text")
+    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "text", "parquet", "dataset"])
+    p.add_argument(
+        "--key", "--column", dest="key", default="text", help="JSONL key / table column holding the text"
+    )
     p.add_argument(
         "--text-mode", default="file", choices=["file", "paragraph"], help="plain-text document unit"
     )
