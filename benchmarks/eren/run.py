@@ -78,6 +78,18 @@ def retrieval_recall(probes: Path, ks=(1, 3, 5, 10)) -> dict:
     return out
 
 
+def with_intervals(report: dict, generations: Path) -> dict:
+    """Add ES/BP/EQ bootstrap intervals to each size of a report written before `edit eval` kept them."""
+    from densa.editing.metrics import intervals
+
+    if all("intervals" in r for r in report["results"]):
+        return report
+    rows = [json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
+    for r in report["results"]:
+        r["intervals"] = intervals([row for row in rows if row["edits"] == r["edits"]])
+    return report
+
+
 def instruction_setup(run_dir: Path) -> dict | None:
     """Wall time and losses of the instruction-setup run (recipes/eren_sft_smollm2.yaml), from its metrics."""
     path = run_dir / "metrics.jsonl"
@@ -129,7 +141,7 @@ def main() -> int:
                 ROOT / METHODS[name], probes, folder, SIZES, max_scored=args.max_scored, seed=0, label=name
             )
         if done.is_file():
-            reports[name] = json.loads(done.read_text())
+            reports[name] = with_intervals(json.loads(done.read_text()), folder / "generations.jsonl")
     if not reports:
         return 1
     recall_file = Path(args.out) / "retrieval.json"
@@ -162,6 +174,23 @@ def main() -> int:
     for name, r in reports.items():
         for row in r["results"]:
             lines.append(f"| {name} | {row['edits']} | " + " | ".join(_pct(row.get(k)) for k in KEYS) + " |")
+    largest = max(SIZES)
+    lines += [
+        "",
+        f"95% bootstrap intervals at {largest} edits (resampling the scored edits, 2000 draws):",
+        "",
+        "| method | ES | BP | EQ |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, r in reports.items():
+        ci = next(row["intervals"] for row in r["results"] if row["edits"] == largest)
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                "—" if ci[k] is None else f"{_pct(ci[k][0])}–{_pct(ci[k][1])}" for k in ("ES", "BP", "EQ")
+            )
+            + " |"
+        )
     lines += [
         "",
         f"Retrieval alone, {recall['notes']} notes, {recall['questions']} edit questions (prompt + held-out"

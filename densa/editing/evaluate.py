@@ -6,7 +6,8 @@ edits are scored — at most `max_scored` of them, a seeded sample, when scoring
 (the notebook still holds all n edits) — plus every two-hop question whose two edits are among the n.
 The pre-edit answers come from the same system without edits. Writes into `out`:
 
-    metrics.json       hparams, protocol, per-size metrics (both vocabularies), timings
+    metrics.json       hparams, protocol, per-size metrics (both vocabularies), 95% bootstrap
+                       intervals of ES / BP / EQ (resampling edits), timings
     metrics.md         the same as a table
     metrics.png        ES / BP (per probe type) / EQ against the number of edits
     generations.jsonl  every probe: prompt, target, pre and post answers, notes read
@@ -27,6 +28,7 @@ from typing import Any
 
 from densa.editing.editor import Editor
 from densa.editing.hparams import EditHParams
+from densa.editing.metrics import intervals, summarize
 from densa.editing.requests import RequestError, parse_requests
 from densa.errors import DensaError
 from densa.outputs import write_text_atomic
@@ -126,7 +128,7 @@ def run_eval(
         t1 = time.perf_counter()
         rows = editor.score([requests[i] for i in sorted(cases)], pre, two_hop)
         score_s = time.perf_counter() - t1
-        metrics = editor_metrics(rows)
+        metrics = summarize(rows)
         results.append(
             {
                 "edits": n,
@@ -134,6 +136,7 @@ def run_eval(
                 "edit_s": round(edit_s, 2),
                 "score_s": round(score_s, 1),
                 **metrics,
+                "intervals": intervals(rows),
             }
         )
         for row in rows:
@@ -157,12 +160,6 @@ def run_eval(
     }
     _write(out, report, all_rows)
     return report
-
-
-def editor_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    from densa.editing.metrics import summarize
-
-    return summarize(rows)
 
 
 def _write(out: Path, report: dict[str, Any], rows: list[dict[str, Any]]) -> None:

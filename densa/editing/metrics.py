@@ -10,11 +10,14 @@ Every probe row records what was asked, the pre-edit and post-edit answers and w
 - `two_hop`: correct when the answer matches the object the two edited notes compose to.
 
 ES = mean over scope probes; BP = mean of the three locality groups' means (each is also reported);
-EQ = harmonic mean of ES and BP.
+EQ = harmonic mean of ES and BP. `intervals` gives percentile bootstrap intervals that resample whole
+edits (a request's probes are correlated: they share its note), so a goal such as "ES >= 90%" can be
+read against the sampling noise of the scored edits.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from statistics import mean
 from typing import Any
@@ -65,3 +68,40 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "counts": {g: len(v) for g, v in groups.items()},
         "protocol": PROTOCOL,
     }
+
+
+def intervals(
+    rows: Sequence[dict[str, Any]],
+    keys: Sequence[str] = ("ES", "BP", "EQ"),
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float] | None]:
+    """Percentile bootstrap intervals of `summarize(rows)[key]`, resampling edits (`case_id`) with
+    replacement; rows without a case (two-hop questions) are left out."""
+    by_case: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("case_id") is not None:
+            by_case.setdefault(row["case_id"], []).append(row)
+    cases = sorted(by_case)
+    if not cases:
+        return {k: None for k in keys}
+    rng = random.Random(seed)
+    draws: dict[str, list[float]] = {k: [] for k in keys}
+    for _ in range(n_boot):
+        sample = [r for c in rng.choices(cases, k=len(cases)) for r in by_case[c]]
+        stats = summarize(sample)
+        for k in keys:
+            if stats[k] is not None:
+                draws[k].append(stats[k])
+    tail = (1 - level) / 2
+    out: dict[str, list[float] | None] = {}
+    for k, values in draws.items():
+        values.sort()
+        out[k] = (
+            [values[int(tail * (len(values) - 1))], values[round((1 - tail) * (len(values) - 1))]]
+            if values
+            else None
+        )
+    return out

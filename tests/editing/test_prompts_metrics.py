@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from densa.editing.metrics import harmonic, summarize
+from densa.editing.metrics import harmonic, intervals, summarize
 from densa.editing.prompts import ONE_STEP, READ, is_abstention, matches, normalize, read_prompt
 
 
@@ -69,3 +69,20 @@ def test_summarize_pins_es_bp_eq():
     }
     assert "greedy generation" in m["protocol"]
     assert harmonic(0.0, 0.0) == 0.0 and harmonic(None, 1.0) is None
+
+
+def test_intervals_resample_edits_and_match_the_normal_approximation():
+    # 400 edits with one rewrite probe each, 320 correct: the bootstrap interval of ES must agree with
+    # the binomial normal interval 0.8 +- 1.96 * sqrt(0.8 * 0.2 / 400) = [0.7608, 0.8392].
+    rows = [_row("rewrite", i < 320, case_id=i) for i in range(400)]
+    lo, hi = intervals(rows, ("ES",), n_boot=4000)["ES"]
+    assert lo == pytest.approx(0.7608, abs=0.006) and hi == pytest.approx(0.8392, abs=0.006)
+    # Probes of one edit move together: 200 edits with two identical probes each is no more certain than
+    # 200 edits with one probe (a row-level bootstrap would shrink the interval by sqrt(2)).
+    one = [_row("rewrite", i < 160, case_id=i) for i in range(200)]
+    two = one + [_row("rephrase", r["correct"], case_id=r["case_id"]) for r in one]
+    assert intervals(one, ("ES",))["ES"] == intervals(two, ("ES",))["ES"]
+    # Degenerate and empty cases; two-hop rows (no case) are left out.
+    perfect = [_row("rewrite", True, case_id=0), _row("same_subject", True, case_id=0)]
+    assert intervals(perfect) == {"ES": [1.0, 1.0], "BP": [1.0, 1.0], "EQ": [1.0, 1.0]}
+    assert intervals([_row("two_hop", True)]) == {"ES": None, "BP": None, "EQ": None}
