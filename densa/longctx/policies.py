@@ -1,4 +1,5 @@
-"""The KV policies: full, StreamingLLM, H2O, SnapKV, random and Locret, plus `build_policy(name, **kw)`."""
+"""The KV policies: full, StreamingLLM, H2O, SnapKV, random, Locret (and InfLLM, which replaces attention:
+infllm_policy.py), plus `build_policy(name, **kw)`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from densa.longctx.errors import KVPolicyError
+from densa.longctx.infllm_policy import InfLLMPolicy
 from densa.longctx.policy import KVPolicy
 from densa.models.transformer import Transformer
 from densa.retaining_heads.errors import RetainingHeadsError
@@ -208,13 +210,22 @@ class LocretPolicy(KVPolicy):
 
 POLICIES: dict[str, type[KVPolicy]] = {
     cls.name: cls
-    for cls in (FullPolicy, StreamingLLMPolicy, H2OPolicy, SnapKVPolicy, RandomPolicy, LocretPolicy)
+    for cls in (
+        FullPolicy,
+        StreamingLLMPolicy,
+        H2OPolicy,
+        SnapKVPolicy,
+        RandomPolicy,
+        LocretPolicy,
+        InfLLMPolicy,
+    )
 }
 ALIASES = {"streamingllm": "streaming_llm", "streaming": "streaming_llm", "heavy_hitter": "h2o"}
 
 
 def build_policy(name: str, **kwargs: object) -> KVPolicy:
-    """A policy by name (`full`, `streaming_llm`, `h2o`, `snapkv`, `random`, `locret`) and its options."""
+    """A policy by name (`full`, `streaming_llm`, `h2o`, `snapkv`, `random`, `locret`, `infllm`) and its
+    options."""
     key = ALIASES.get(name.lower().replace("-", "_"), name.lower().replace("-", "_"))
     if key not in POLICIES:
         hint = difflib.get_close_matches(key, POLICIES, n=1)

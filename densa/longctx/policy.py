@@ -26,6 +26,10 @@ class KVPolicy:
     name: ClassVar[str] = ""
     evicts: ClassVar[bool] = True
     needs_queries: ClassVar[bool] = False
+    replaces_attention: ClassVar[bool] = False
+    """True for policies that run the model themselves (InfLLM): `open(model)` returns an object whose
+    `forward(input_ids)` gives logits and whose `finish()` gives stats with `summary()` and
+    `peak_device_tokens`; the session then neither fills nor evicts a KVCache."""
 
     def __init__(self, n_stabilizers: int = 0) -> None:
         if n_stabilizers < 0:
@@ -45,6 +49,10 @@ class KVPolicy:
         """Check the model can run this policy (raise a DensaError naming the problem otherwise)."""
 
     def unbind(self) -> None: ...
+
+    def open(self, model: Transformer):  # noqa: ANN201 (the context type is the policy's own)
+        """A per-sequence context that replaces attention (only when `replaces_attention`)."""
+        raise NotImplementedError(f"kv policy {self.name!r} does not replace attention")
 
     def reset(self, n_layers: int) -> None:
         """Forget everything about the previous sequence."""

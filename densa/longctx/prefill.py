@@ -36,6 +36,9 @@ class PolicyStats:
     kept_positions: list[torch.Tensor] = field(default_factory=list)
     """Per layer, the input-stream index [B, Hkv, L] of each entry held at the end (its original position,
     also under `compact_positions`)."""
+    memory: dict | None = None
+    """Policies that replace attention (InfLLM): their own counters (units, unit loads, cache hits,
+    attended tokens per query, ...); peak_kv_tokens is then their peak K/V entries on the device."""
 
 
 def _check(policy: KVPolicy, budget: int | None, chunk: int) -> None:
@@ -81,6 +84,7 @@ class PolicySession:
         self._handles: list = []
         self.policy.bind(model)
         self.policy.reset(n_layers)
+        self._context = self.policy.open(model) if self.policy.replaces_attention else None
         if self.policy.needs_queries:
             for i, block in enumerate(model.layers):
                 self._handles.append(block.attn.hook_q.register_forward_hook(self._query_hook(i)))
@@ -108,6 +112,11 @@ class PolicySession:
     def length(self) -> int:
         return self.cache.length(0)
 
+    @property
+    def context(self):  # noqa: ANN201
+        """The policy's own context (InfLLMContext) when it replaces attention, else None."""
+        return self._context
+
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Run `input_ids` [B, n] (n ≤ chunk) over the cache, evicting first if the cache would pass
@@ -115,6 +124,13 @@ class PolicySession:
         n = input_ids.shape[1]
         if n > self.chunk:
             raise KVPolicyError(f"a forward of {n} tokens exceeds the chunk size {self.chunk}")
+        if self._context is not None:
+            logits = self._context.forward(input_ids)
+            peak = self._context.stats.peak_device_tokens
+            self.stats.peak_kv_tokens = max(self.stats.peak_kv_tokens, peak)
+            self.stats.forwards += 1
+            self.stats.tokens_seen += n
+            return logits
         if self.policy.evicts and self.length() + n > self.budget + self.chunk:
             self.evict()
         start = self.cache.seen_tokens
@@ -178,6 +194,8 @@ class PolicySession:
         return logits
 
     def finish(self) -> PolicyStats:
+        if self._context is not None:
+            self.stats.memory = self._context.finish().summary()
         self.stats.kept_positions = [p.clone() for p in self.origins if p is not None]
         return self.stats
 

@@ -14,7 +14,12 @@ def register(subparsers) -> None:
     p.add_argument("--tokenizer", default=None, help="default: the model's own")
     p.add_argument("--no-bos", dest="bos", action="store_false", help="do not prepend BOS to the prompt")
     kv = p.add_argument_group("KV-cache policy (chunked prefill under a budget; greedy decoding)")
-    kv.add_argument("--kv-policy", default=None, help="full, streaming_llm, h2o, snapkv, random or locret")
+    kv.add_argument(
+        "--kv-policy",
+        default=None,
+        help="full, streaming_llm, h2o, snapkv, random, locret or infllm (block memory; no --budget, its "
+        "settings come as --kv-option n_local=... block_size=... topk=..., see docs/infllm.md)",
+    )
     kv.add_argument("--budget", type=int, default=None, help="KV entries kept per layer and head")
     kv.add_argument("--chunk", type=int, default=256, help="prefill chunk length (default: %(default)s)")
     kv.add_argument("--heads", default=None, help="locret: retaining-heads file (save_heads output)")
@@ -23,7 +28,7 @@ def register(subparsers) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="policy option, e.g. n_stabilizers=8",
+        help="policy option, e.g. n_stabilizers=8 or (infllm) n_local=1024",
     )
     sparse = p.add_argument_group(
         "sparse FFN (prefill dense; every one-token decode step through densa.kernels.sparse_ffn)"
@@ -158,11 +163,22 @@ def _generate_with_policy(model, ids: list[int], args, eos_id: int | None) -> li
         model, torch.tensor([ids]), policy, args.budget, args.chunk, args.max_new_tokens, eos_token_id=eos_id
     )
     stats = result.stats
-    print(
-        f"densa generate: policy {policy.name}, budget {args.budget}, chunk {args.chunk}: "
-        f"peak {stats.peak_kv_tokens} KV entries for {stats.tokens_seen} tokens, {stats.evictions} evictions",
-        file=sys.stderr,
-    )
+    if stats.memory is not None:  # InfLLM: block memory instead of a budget
+        mem = stats.memory
+        print(
+            f"densa generate: policy {policy.name}, chunk {args.chunk}: {stats.tokens_seen} tokens, "
+            f"{mem['units']} memory units, {mem['unit_loads']} unit loads, {mem['cache_hits']} cache hits, "
+            f"{mem['attended_mean']:.1f} attended tokens per query, peak {stats.peak_kv_tokens} KV entries "
+            "on the device",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"densa generate: policy {policy.name}, budget {args.budget}, chunk {args.chunk}: "
+            f"peak {stats.peak_kv_tokens} KV entries for {stats.tokens_seen} tokens, "
+            f"{stats.evictions} evictions",
+            file=sys.stderr,
+        )
     new = result.tokens[0, len(ids) :].tolist()
     if eos_id is not None and eos_id in new:
         new = new[: new.index(eos_id)]
