@@ -112,7 +112,8 @@ class InfLLMStats:
     attended_count: int = 0
     attended_max: int = 0
     peak_device_tokens: int = 0
-    """Most K/V entries one layer held on the compute device (sinks + window/remainder + cached units)."""
+    """Most K/V entries one layer held on the compute device for one sequence (sinks + window and
+    remainder + that row's cached units)."""
     offloaded_tokens: int = 0
     """K/V entries in the offload store (summed over layers) at the end."""
     lookup_log: list[dict] = field(default_factory=list)
@@ -154,7 +155,7 @@ class _LayerMemory:
         self.recent_k = self.recent_v = self.recent_score = None
         self.recent_start = cfg.n_init  # position of the first recent token
         self.store = UnitStore(cfg.offload_device)
-        self.cache = UnitCache(cfg.max_cached_units)
+        self.caches: list[UnitCache] = []  # one per batch row
         self.reprs: torch.Tensor | None = None  # [B, Hkv, U, D], on the compute device
 
     def append(self, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
@@ -208,8 +209,9 @@ class _LayerMemory:
         return made
 
     def device_tokens(self) -> int:
+        """K/V entries this layer holds on the device for one sequence (the fullest row's cache)."""
         held = sum(0 if t is None else t.shape[2] for t in (self.init_k, self.recent_k))
-        return held + len(self.cache) * self.cfg.block_size
+        return held + max((len(c) for c in self.caches), default=0) * self.cfg.block_size
 
 
 def _cat(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
@@ -270,7 +272,8 @@ class InfLLMContext:
         chosen = scores.topk(min(self.cfg.topk, scores.shape[1]), dim=-1).indices.sort(dim=-1).values
         self.stats.lookups += 1
         if self.cfg.record_lookups:
-            self.stats.lookup_log.append({"position": start, "layer": layer, "units": chosen.tolist()})
+            entry = {"position": start, "layer": layer, "n_units": scores.shape[1], "units": chosen.tolist()}
+            self.stats.lookup_log.append(entry)
         return chosen
 
     def _attention(self, layer: int, attn: nn.Module, h: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -331,16 +334,18 @@ class InfLLMContext:
         self, mem: _LayerMemory, chosen: torch.Tensor, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V [B, Hkv, k * block, D] of each row's chosen units, through the LRU cache."""
-        units = mem.cache.fetch(chosen.flatten().tolist(), mem.store, device)
+        if not mem.caches:
+            mem.caches = [UnitCache(self.cfg.max_cached_units) for _ in range(chosen.shape[0])]
         rows_k, rows_v = [], []
         for b, row in enumerate(chosen.tolist()):
-            rows_k.append(torch.cat([units[u][0][b] for u in row], dim=1))
-            rows_v.append(torch.cat([units[u][1][b] for u in row], dim=1))
+            units = mem.caches[b].fetch(row, mem.store, device, row=b)
+            rows_k.append(torch.cat([units[u][0] for u in row], dim=1))
+            rows_v.append(torch.cat([units[u][1] for u in row], dim=1))
         return torch.stack(rows_k), torch.stack(rows_v)
 
     def finish(self) -> InfLLMStats:
         """Fold the per-layer counters into the stats and return them."""
-        self.stats.unit_loads = sum(m.cache.loads for m in self.layers)
-        self.stats.cache_hits = sum(m.cache.hits for m in self.layers)
+        self.stats.unit_loads = sum(c.loads for m in self.layers for c in m.caches)
+        self.stats.cache_hits = sum(c.hits for m in self.layers for c in m.caches)
         self.stats.offloaded_tokens = sum(m.store.tokens() for m in self.layers)
         return self.stats

@@ -2,10 +2,10 @@
 
 A memory unit is `block_size` consecutive tokens that left the local window: their unrotated keys and
 values [B, Hkv, block_size, D] for every row of the batch (rows advance in lockstep). The store keeps all
-units on `offload_device` (CPU; pinned when the compute device is CUDA, so copies can overlap). The cache
-keeps at most `capacity` units on the compute device and replaces the least recently used one; a lookup
-that needs more units at once (batch rows choosing different units) holds them all until it is done.
-`loads` counts units copied from the store, `hits` units found in the cache.
+units on `offload_device` (CPU; pinned when the compute device is CUDA, so copies can overlap). Each batch
+row has its own cache (rows choose different units), which keeps at most `capacity` of that row's units on
+the compute device and replaces the least recently used one; a request for more units than that holds
+them all until it is done. `loads` counts units copied from the store, `hits` units found in the cache.
 """
 
 from __future__ import annotations
@@ -61,10 +61,11 @@ class UnitCache:
         return list(self._units)
 
     def fetch(
-        self, units: list[int], store: UnitStore, device: torch.device
+        self, units: list[int], store: UnitStore, device: torch.device, row: int | None = None
     ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """The K/V of `units` on `device` (each id once), loading misses and evicting LRU entries the
-        request does not need until the cache is back within max(capacity, len(request))."""
+        """The K/V of `units` on `device` (each id once; only batch row `row` of them when given), loading
+        misses and evicting LRU entries the request does not need until the cache is back within
+        max(capacity, len(request))."""
         wanted = list(dict.fromkeys(units))
         for unit in wanted:
             if unit in self._units:
@@ -72,8 +73,10 @@ class UnitCache:
                 self._units.move_to_end(unit)
             else:
                 self.loads += 1
-                k = store.keys[unit].to(device, non_blocking=True)
-                v = store.values[unit].to(device, non_blocking=True)
+                k, v = store.keys[unit], store.values[unit]
+                if row is not None:
+                    k, v = k[row], v[row]
+                k, v = k.to(device, non_blocking=True), v.to(device, non_blocking=True)
                 self._units[unit] = (k, v)
         limit = max(self.capacity, len(wanted))
         needed = set(wanted)

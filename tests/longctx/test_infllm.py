@@ -175,16 +175,15 @@ def test_model_counts_match_an_lru_replay_of_the_lookups(model: Transformer) -> 
     stats = ctx.finish()
     loads = hits = 0
     for layer in range(model.config.n_layers):
-        lru: OrderedDict[int, None] = OrderedDict()
-        for entry in (e for e in stats.lookup_log if e["layer"] == layer):
-            wanted = list(dict.fromkeys(u for row in entry["units"] for u in row))
-            for u in wanted:
-                hits, loads = (hits + 1, loads) if u in lru else (hits, loads + 1)
-                lru[u] = None
-                lru.move_to_end(u)
-            while len(lru) > max(3, len(wanted)):
-                victim = next(u for u in lru if u not in wanted)
-                del lru[victim]
+        for b in range(ids.shape[0]):  # one LRU cache per layer and batch row
+            lru: OrderedDict[int, None] = OrderedDict()
+            for entry in (e for e in stats.lookup_log if e["layer"] == layer):
+                for u in entry["units"][b]:
+                    hits, loads = (hits + 1, loads) if u in lru else (hits, loads + 1)
+                    lru[u] = None
+                    lru.move_to_end(u)
+                while len(lru) > 3:
+                    del lru[next(iter(lru))]
     assert (stats.unit_loads, stats.cache_hits) == (loads, hits) and loads > 0 and hits > 0
     # a lookup per execution block and layer once a unit exists; attended keys per query stay bounded
     assert stats.attended_max <= small().attended_per_query()
