@@ -40,3 +40,13 @@ def time_interleaved_device(
                 fn()
                 times[name].append(time.perf_counter() - t0)
     return times
+
+
+def peak_memory(device: torch.device, reset: bool = False) -> int:
+    """Peak bytes allocated on a CUDA device since the last reset (0 on CPU); `reset=True` starts over."""
+    if device.type != "cuda":
+        return 0
+    if reset:
+        torch.cuda.reset_peak_memory_stats(device)
+        return 0
+    return torch.cuda.max_memory_allocated(device)
