@@ -1,0 +1,160 @@
+"""Goal checks, markdown table and plot for benchmarks/infllm/run.py (reads only its result rows)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TASKS = ["passkey", "first_occurrence", "mqar"]
+BASE = ["full", "streaming_llm", "infllm", "locret"]
+ABLATION_NAMES = [
+    "infllm",
+    "infllm_original_positions",
+    "infllm_repr_mean",
+    "infllm_repr_random",
+    "infllm_repr_top1",
+    "infllm_repr_top4",
+]
+TRAIN_LEN = 256
+
+
+def _table(rows: list[dict]) -> dict[tuple[str, int, str], dict]:
+    return {(r["task"], r["T"], r["method"]): r for r in rows}
+
+
+def goals(rows: list[dict], lengths: list[int]) -> dict[str, Any]:
+    """Issue 12's goal on this backbone: at 8–16× the trained length (2K, 4K) InfLLM keeps ≥ 90% of the
+    in-distribution accuracy (full attention at T = 256) on passkey and first-occurrence, and beats
+    StreamingLLM and full attention there."""
+    acc = _table(rows)
+    far = [n for n in lengths if n >= 8 * TRAIN_LEN]
+    out: dict[str, Any] = {"lengths_checked": far, "per_task": {}}
+    ok = bool(far)
+    for task in ("passkey", "first_occurrence"):
+        ref = acc.get((task, TRAIN_LEN, "full"), {}).get("accuracy")
+        checks = {}
+        for n in far:
+            inf = acc[(task, n, "infllm")]["accuracy"]
+            kept = inf / ref if ref else float("nan")
+            beats = inf > max(acc[(task, n, m)]["accuracy"] for m in ("full", "streaming_llm"))
+            checks[n] = {"infllm": inf, "kept_of_in_distribution": kept, "beats_full_and_streaming": beats}
+            ok = ok and kept >= 0.9 and beats
+        out["per_task"][task] = {"in_distribution": ref, "at": checks}
+    out["met"] = ok
+    return out
+
+
+def markdown(payload: dict, png: str) -> str:
+    rows, cfg = payload["results"], payload["config"]
+    acc = _table(rows)
+    lengths = cfg["lengths"]
+    inf = cfg["infllm"]
+    lines = [
+        "# InfLLM: length extrapolation of a backbone trained at T = 256",
+        "",
+        f"Backbone: {payload['backbone']['params']} parameters (recipes/locret_backbone_tiny.yaml, "
+        f"trained at T ≤ {TRAIN_LEN}). {cfg['eval_rows']} rows per cell, the same needles at every T "
+        "(answers teacher-forced, query segment fed token by token). InfLLM: "
+        + ", ".join(f"{k} {v}" for k, v in inf.items())
+        + f". StreamingLLM: 4 sinks, budget {cfg['budget']}, chunk {cfg['chunk']}. Locret: budget "
+        f"{cfg['budget']}, chunk {cfg['chunk']}, 4 sinks, heads per task, compacted positions.",
+        "",
+    ]
+    for task in TASKS:
+        lines += [f"## {task}: answer accuracy", ""]
+        lines += ["| T | ×train | " + " | ".join(BASE) + " | InfLLM unit recall (any layer) |"]
+        lines += ["|---|---|" + "---|" * len(BASE) + "---|"]
+        for n in lengths:
+            cells = " | ".join(f"{acc[(task, n, m)]['accuracy']:.3f}" for m in BASE)
+            r = acc[(task, n, "infllm")]
+            recall = (
+                f"{r['unit_recall']:.2f} ({r['unit_recall_any_layer']:.2f})"
+                if r["recall_cases"]
+                else "— (no unit)"
+            )
+            lines.append(f"| {n} | {n / TRAIN_LEN:g} | {cells} | {recall} |")
+        lines.append("")
+    lines += ["## Cost per query and memory (passkey rows)", ""]
+    lines += [
+        "| T | method | attended keys / query (mean, max) | peak K/V per layer and sequence on device "
+        "| offloaded |"
+    ]
+    lines += ["|---|---|---|---|---|"]
+    for n in lengths:
+        for m in BASE:
+            r = acc[("passkey", n, m)]
+            off, peak = r.get("offloaded_tokens", 0), r["peak_kv_tokens"]
+            lines.append(f"| {n} | {m} | {r['attended_mean']:.0f}, {r['attended_max']} | {peak} | {off} |")
+    abl_lengths = sorted({r["T"] for r in rows if r["method"] == "infllm_original_positions"})
+    lines += ["", "## Ablations (accuracy)", ""]
+    lines += ["| task | T | " + " | ".join(ABLATION_NAMES) + " |", "|---|---|" + "---|" * len(ABLATION_NAMES)]
+    for task in TASKS:
+        for n in abl_lengths:
+            cells = " | ".join(
+                f"{acc[(task, n, m)]['accuracy']:.3f}" if (task, n, m) in acc else "—" for m in ABLATION_NAMES
+            )
+            lines.append(f"| {task} | {n} | {cells} |")
+    lines += ["", "Unit recall of the ablations (per layer): "]
+    lines.append(
+        "; ".join(
+            f"{task}@{n} "
+            + ", ".join(
+                f"{m.removeprefix('infllm_') or 'infllm'} {acc[(task, n, m)]['unit_recall']:.2f}"
+                for m in ABLATION_NAMES
+                if (task, n, m) in acc
+            )
+            for task in TASKS
+            for n in abl_lengths
+        )
+    )
+    hits = [r for r in rows if r["method"] == "infllm" and r["T"] == max(lengths)]
+    if hits:
+        lines += [
+            "",
+            f"LRU device cache at T = {max(lengths)} (8 units per layer): "
+            + "; ".join(
+                f"{r['task']} {r['unit_loads']} loads, {r['cache_hits']} hits ({r['hit_rate']:.0%})"
+                for r in hits
+            ),
+        ]
+    g = payload["goals"]
+    verdict = "met" if g["met"] else "not met"
+    lines += [
+        "",
+        f"**Goal** (InfLLM ≥ 90% of in-distribution accuracy at 8–16× on passkey and first-occurrence, "
+        f"beating full attention and StreamingLLM): {verdict}.",
+    ]
+    for task, info in g["per_task"].items():
+        parts = [
+            f"{n}: {c['infllm']:.3f} = {c['kept_of_in_distribution']:.0%} of {info['in_distribution']:.3f}"
+            + ("" if c["beats_full_and_streaming"] else " (does not beat both baselines)")
+            for n, c in info["at"].items()
+        ]
+        lines.append(f"- {task}: " + "; ".join(parts))
+    lines += ["", f"![accuracy vs length]({png})", ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], lengths: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = _table(rows)
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(11, 3.4), dpi=90, sharey=True)
+    for ax, task in zip(axes, TASKS, strict=True):
+        for m in BASE:
+            ys = [acc[(task, n, m)]["accuracy"] for n in lengths]
+            ax.plot(lengths, ys, marker="o", ms=3, lw=2.2 if m == "infllm" else 1.2, label=m)
+        ax.set_xscale("log", base=2)
+        ax.axvline(TRAIN_LEN, color="k", lw=0.6, ls=":")
+        ax.set_title(task)
+        ax.set_xlabel("context length T (trained at 256)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("answer accuracy")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
