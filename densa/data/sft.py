@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from densa.data.readers import JSONL_SUFFIXES, iter_jsonl_lines
+from densa.data.readers import iter_jsonl_lines
 from densa.data.tables import (
     data_files,
     iter_table_rows,
@@ -127,7 +127,7 @@ def read_sft(path: str | Path, skip_bad_lines: bool = False) -> list[list[dict]]
     for f in files:
         if saved_dataset_kind(f) or f.suffix.lower() == ".parquet":
             out += _read_sft_table(f, skip_bad_lines)
-        elif f.suffix.lower() in JSONL_SUFFIXES or f.is_file():
+        else:  # JSONL, whatever the suffix (as before tables were read)
             out += read_sft_jsonl(f, skip_bad_lines, allow_empty=True)
     if not out:
         raise DataError(f"SFT data {path} contains no examples")
