@@ -183,3 +183,23 @@ def test_packed_run_first_loss_and_exact_resume(tmp_path, sft_files, ds_world):
     assert losses == [h["loss"] for h in ref.history]  # exact, every step
     a, b = weights(ref_trainer), weights(second_trainer)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_eval_reads_sft_tables(tmp_path, sft_files, capsys):
+    """`densa eval --data` takes parquet and datasets folders like JSONL: same loss and token count."""
+    import datasets
+
+    from densa.launch.cli import main
+    from densa.models.checkpoint_io import save_transformer
+
+    tok, path = sft_files
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "sft.parquet"))
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    save_transformer(tmp_path / "model", _model())
+    results = []
+    for data in (path, tmp_path / "sft.parquet", tmp_path / "saved"):
+        argv = ["eval", "--checkpoint", str(tmp_path / "model"), "--data", str(data), "--tokenizer", str(tok)]
+        assert main([*argv, "--seq-len", str(SEQ), "--max-batches", "2"]) == 0
+        results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert results[0]["tokens"] > 0 and results[1] == results[0] == results[2]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="validation loss/perplexity of a checkpoint or HF folder")
     p.add_argument("--checkpoint", required=True, help="HF folder, densa model folder, run dir or step_N")
-    p.add_argument("--data", required=True, help="dataset prefix (PREFIX.bin/.idx/.json) or SFT .jsonl")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="dataset prefix (PREFIX.bin/.idx/.json) or SFT data (.jsonl, .parquet, datasets folder)",
+    )
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=4, help="sequences per forward")
     p.add_argument("--max-batches", type=int, default=16)
@@ -33,12 +38,12 @@ def _handler(args) -> int:
 
         tokenizer = load_tokenizer(tok_path)
     n = args.batch_size * args.max_batches
-    if args.data.endswith(".jsonl"):
+    if args.data.endswith((".jsonl", ".ndjson", ".parquet")) or os.path.isdir(args.data):
         from densa.data.sft import SFTDataset
         from densa.errors import DataError
 
         if tokenizer is None:
-            raise DataError("an SFT .jsonl needs a tokenizer: pass --tokenizer")
+            raise DataError("SFT data needs a tokenizer: pass --tokenizer")
         dataset = SFTDataset(args.data, tokenizer, args.seq_len)
     else:
         from densa.data.gpt_dataset import GPTDataset
