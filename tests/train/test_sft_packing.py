@@ -203,3 +203,21 @@ def test_cli_eval_reads_sft_tables(tmp_path, sft_files, capsys):
         assert main([*argv, "--seq-len", str(SEQ), "--max-batches", "2"]) == 0
         results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
     assert results[0]["tokens"] > 0 and results[1] == results[0] == results[2]
+
+
+def test_recipe_check_accepts_sft_tables_and_folders(tmp_path, sft_files):
+    import datasets
+
+    from densa.config.checks import cross_section_problems
+
+    tok, path = sft_files
+    datasets.Dataset.from_list([{"prompt": "a", "response": "b"}]).save_to_disk(str(tmp_path / "saved"))
+    base = _packed_cfg(tmp_path, tmp_path / "run", tok, path)
+    for src, ok in (
+        (tmp_path / "saved", True),
+        (tmp_path / "x.parquet", True),
+        (tmp_path / "missing", False),
+    ):
+        cfg = replace(base, "data", train=(DatasetSource(path=str(src)),))
+        problems = [p.message for p in cross_section_problems(cfg) if p.path.startswith("data.train")]
+        assert (problems == []) == ok, problems
