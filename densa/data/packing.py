@@ -6,13 +6,14 @@ Each row also carries `position_ids` (restarting at 0 per example) and `doc_ids`
 -1 for padding); the model turns `doc_ids` into a block-diagonal causal mask, so every example computes
 what it would compute alone in a padded row.
 
-Rows are formed once, deterministically: examples in a seeded order, each placed in the first of the
-last `window` open rows with room (first fit), else in a new row. `PackedSFTDataset` is map-style and
-its row count is fixed, so the sampler's `consumed_samples` (rows) is still the whole resume state.
+Rows are formed once, deterministically (best fit decreasing, ties broken by seed); the trainer's
+`EpochDataset` then visits them in a seeded order per epoch. `PackedSFTDataset` is map-style and its row
+count is fixed, so the sampler's `consumed_samples` (rows) is still the whole resume state.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,27 +36,30 @@ class PackingStats:
         return self.real_tokens / max(1, self.rows * self.seq_len)
 
 
-def pack_lengths(lengths: list[int], seq_len: int, seed: int, window: int = 64) -> list[list[int]]:
+def pack_lengths(lengths: list[int], seq_len: int, seed: int) -> list[list[int]]:
     """Rows of example indices: each row's `sum(length - 1)` fits `seq_len` (lengths already truncated).
 
-    Examples are taken in a seeded permutation and first-fit into the last `window` open rows; a row
-    never reorders its examples, so the result depends only on (lengths, seq_len, seed, window)."""
-    order = np.random.default_rng(seed).permutation(len(lengths))
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in order.tolist():
-        need = max(1, lengths[i] - 1)
+    Best fit decreasing: examples by decreasing length (ties in a seeded order), each into the open row
+    whose free room fits it most tightly (the oldest such row), else into a new row. Deterministic in
+    (lengths, seq_len, seed); O(examples x seq_len)."""
+    needs = [max(1, n - 1) for n in lengths]
+    for i, need in enumerate(needs):
         if need > seq_len:
             raise DataError(f"example {i} needs {need} slots, more than seq_len {seq_len}")
-        start = max(0, len(rows) - window)
-        for r in range(start, len(rows)):
-            if room[r] >= need:
-                rows[r].append(i)
-                room[r] -= need
-                break
+    seeded = np.random.default_rng(seed).permutation(len(lengths)).tolist()
+    order = sorted(seeded, key=lambda i: -needs[i])  # stable: equal lengths keep the seeded order
+    rows: list[list[int]] = []
+    by_room: list[deque[int]] = [deque() for _ in range(seq_len + 1)]  # row ids by free slots
+    for i in order:
+        need = needs[i]
+        room = next((r for r in range(need, seq_len + 1) if by_room[r]), None)
+        if room is None:
+            row, room = len(rows), seq_len
+            rows.append([])
         else:
-            rows.append([i])
-            room.append(seq_len - need)
+            row = by_room[room].popleft()
+        rows[row].append(i)
+        by_room[room - need].append(row)
     return rows
 
 
@@ -66,7 +70,7 @@ class PackedSFTDataset:
     Every example is tokenized once here and kept in memory; an example of one token is dropped (it
     has no label)."""
 
-    def __init__(self, sft, seed: int = 0, window: int = 64) -> None:
+    def __init__(self, sft, seed: int = 0) -> None:
         self.seq_len, self.pad_id = sft.seq_len, sft.pad_id
         n = sft.seq_len + 1
         self.examples: list[tuple[list[int], list[int]]] = []
@@ -76,7 +80,7 @@ class PackedSFTDataset:
                 self.examples.append((ids[:n], mask[:n]))
         if not self.examples:
             raise DataError(f"{getattr(sft, 'path', 'SFT data')}: no example has two or more tokens")
-        self.rows = pack_lengths([len(e[0]) for e in self.examples], self.seq_len, seed, window)
+        self.rows = pack_lengths([len(e[0]) for e in self.examples], self.seq_len, seed)
 
     def __len__(self) -> int:
         return len(self.rows)
