@@ -14,6 +14,7 @@ ABLATION_NAMES = [
     "infllm_repr_random",
     "infllm_repr_top1",
     "infllm_repr_top4",
+    "infllm_topk8",
 ]
 TRAIN_LEN = 256
 
@@ -107,6 +108,18 @@ def markdown(payload: dict, png: str) -> str:
             for n in abl_lengths
         )
     )
+    later = [
+        f"{m} "
+        + ", ".join(f"T={n} {acc[('first_occurrence', n, m)]['wrong_is_later_value']:.0%}" for n in lengths)
+        for m in BASE
+        if all("wrong_is_later_value" in acc[("first_occurrence", n, m)] for n in lengths)
+    ]
+    if later:
+        lines += [
+            "",
+            "first-occurrence, share of wrong answers that copy the value of the key's *later* occurrence "
+            "(the order of the two occurrences lost): " + "; ".join(later),
+        ]
     hits = [r for r in rows if r["method"] == "infllm" and r["T"] == max(lengths)]
     if hits:
         lines += [

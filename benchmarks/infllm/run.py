@@ -12,10 +12,11 @@ one token at a time as decoding would; teacher-forced answer accuracy. Methods:
 - infllm: n_init 4, n_local 128, block 16, repr_topk 2, topk 4, exc_block 16, LRU cache of 8 units;
 - locret: budget 132, chunk 16, its heads, compacted positions (Locret's own position handling);
 - ablations of InfLLM: memory at original positions; representative = mean key / random tokens;
-  repr_topk 1 and 4 (the ablations run at --ablation-lengths).
+  repr_topk 1 and 4; topk 8 (the ablations run at --ablation-lengths).
 Also per InfLLM run: unit recall (for each answer whose source token sits in a formed memory unit, was
 that unit chosen by the lookup of the answer's query, per layer), attended keys per query, unit loads and
-cache hits, peak K/V entries on the device per layer (vs offloaded).
+cache hits, peak K/V entries on the device per layer (vs offloaded); on first-occurrence, the share of
+wrong answers that copy a later occurrence's value (order lost).
 
 Writes benchmarks/results/infllm.{json,md,png}; rows are cached in runs/infllm_bench/rows.jsonl so an
 interrupted run resumes (`--fresh` recomputes). `--quick` is a smoke run whose numbers mean nothing.
@@ -57,6 +58,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "infllm_repr_random": ("infllm", INFLLM | {"representative": "random"}),
     "infllm_repr_top1": ("infllm", INFLLM | {"repr_topk": 1}),
     "infllm_repr_top4": ("infllm", INFLLM | {"repr_topk": 4}),
+    "infllm_topk8": ("infllm", INFLLM | {"topk": 8, "max_cached_units": 16}),
 }
 
 
@@ -77,6 +79,23 @@ def answer_sources(sample: TaskSample, task: str, vocab: TaskVocab) -> list[list
                 pairs.append((t, next(p + 1 for p in range(ctx - 1) if ids[p] == key)))
         out.append(pairs)
     return out
+
+
+def later_value_errors(logits: torch.Tensor, sample: TaskSample, vocab: TaskVocab) -> float:
+    """first-occurrence: the share of wrong answers that give the value of a later occurrence of the key
+    (the order of the two occurrences lost), among all wrong answers."""
+    ctx = sample.input_ids.shape[1] - sample.tail
+    wrong = later = 0
+    pred = logits.argmax(-1)
+    for b in range(sample.input_ids.shape[0]):
+        ids = sample.input_ids[b].tolist()
+        for t in sample.answer_mask[b].nonzero().flatten().tolist():
+            guess = int(pred[b, t - ctx])
+            if guess == int(sample.labels[b, t]):
+                continue
+            values = [ids[p + 1] for p in range(ctx - 1) if ids[p] == ids[t]]
+            wrong, later = wrong + 1, later + (guess in values[1:])
+    return later / wrong if wrong else float("nan")
 
 
 def unit_recall(log: list[dict], sources: list[list[tuple[int, int]]], cfg: dict) -> dict[str, float]:
@@ -123,12 +142,15 @@ def evaluate(
         ]
         stats = session.finish()
     cfg = model.config
+    tail_logits = torch.cat(logits, 1)
     row: dict[str, Any] = {
-        "accuracy": answer_accuracy(torch.cat(logits, 1), sample),
+        "accuracy": answer_accuracy(tail_logits, sample),
         "peak_kv_tokens": stats.peak_kv_tokens,
         "peak_kv_bytes_per_seq": stats.peak_kv_tokens * cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 4,
         "seconds": time.perf_counter() - start,
     }
+    if task == "first_occurrence":
+        row["wrong_is_later_value"] = later_value_errors(tail_logits, sample, TaskVocab())
     if stats.memory is not None:
         mem = dict(stats.memory)
         log = session.context.stats.lookup_log

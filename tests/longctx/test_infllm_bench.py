@@ -39,3 +39,26 @@ def test_unit_recall_by_hand() -> None:
     }
     unformed = [dict(e, n_units=2) for e in log]  # unit 2 does not exist yet: no case
     assert math.isnan(unit_recall(unformed, sources, cfg)["unit_recall"])
+
+
+def test_later_value_errors_counts_answers_copying_the_second_occurrence() -> None:
+    import torch
+
+    from benchmarks.infllm.run import later_value_errors
+
+    vocab = TaskVocab()
+    sample = eval_sample("first_occurrence", 4, 200, vocab, seed=1)
+    ctx = sample.input_ids.shape[1] - sample.tail
+    logits = torch.zeros(4, sample.tail, vocab.size)
+    for b in range(4):
+        ids = sample.input_ids[b].tolist()
+        for t in sample.answer_mask[b].nonzero().flatten().tolist():
+            later = [ids[p + 1] for p in range(ctx - 1) if ids[p] == ids[t]][-1]
+            logits[b, t - ctx, later] = 1.0
+    keep_first = (sample.labels[:, ctx:] != -100) & (logits.argmax(-1) == sample.labels[:, ctx:])
+    assert later_value_errors(logits, sample, vocab) == (
+        1.0 if (~keep_first & sample.answer_mask[:, ctx:]).any() else 0
+    )
+    logits.zero_()
+    logits[..., vocab.filler0] = 1.0  # always a filler token: wrong, never a later value
+    assert later_value_errors(logits, sample, vocab) == 0.0
