@@ -1,7 +1,10 @@
-"""Long-context inference: KV policies (full, StreamingLLM, H2O, SnapKV, random, Locret) behind one
-interface, a chunked-prefill driver with a token budget, and synthetic long-context tasks."""
+"""Long-context inference: KV policies (full, StreamingLLM, H2O, SnapKV, random, Locret) and InfLLM's
+block memory behind one interface, a chunked-prefill driver with a token budget, and synthetic
+long-context tasks."""
 
 from densa.longctx.errors import KVPolicyError
+from densa.longctx.infllm import InfLLMConfig, InfLLMContext, InfLLMStats
+from densa.longctx.infllm_policy import InfLLMPolicy
 from densa.longctx.policies import (
     POLICIES,
     FullPolicy,
@@ -20,6 +23,10 @@ __all__ = [
     "FullPolicy",
     "GenerationResult",
     "H2OPolicy",
+    "InfLLMConfig",
+    "InfLLMContext",
+    "InfLLMPolicy",
+    "InfLLMStats",
     "KVPolicy",
     "KVPolicyError",
     "LocretPolicy",
