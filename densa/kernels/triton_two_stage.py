@@ -17,8 +17,6 @@ import torch
 import triton
 import triton.language as tl
 
-NEG = -1.0e30
-
 
 @triton.jit
 def _stage(
@@ -26,7 +24,7 @@ def _stage(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     IEEE: tl.constexpr,
 ):  # fmt: skip
-    m_i = tl.full([BLOCK_M], NEG, tl.float32)
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite: empty rows stay NaN-free
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start in range(0, n_keys, BLOCK_N):
@@ -44,7 +42,7 @@ def _stage(
             other=0,
         )
         allowed = allowed != 0
-        s = tl.where(allowed, s * scale, NEG)
+        s = tl.where(allowed, s * scale, -1.0e30)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.where(allowed, tl.exp(s - m_new[:, None]), 0.0)
         alpha = tl.exp(m_i - m_new)
