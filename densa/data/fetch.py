@@ -63,6 +63,17 @@ def pip_sdist(spec: str, work: Path) -> Path:
     return archives[0]
 
 
+def pip_install(specs: list[str], target: Path, *, deps: bool = True) -> Path:
+    """`pip install --target` into a cache folder once (a `.complete` marker is written last)."""
+    if (target / MARKER).is_file():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "install", "-q", *([] if deps else ["--no-deps"])]
+    _run([*cmd, "--target", str(target), *specs], target, " ".join(specs) + " from PyPI")
+    (target / MARKER).write_text("ok\n")
+    return target
+
+
 def apt_extract(package: str, work: Path) -> Path:
     """`apt-get download` + `dpkg-deb -x` one Debian package; returns the extracted root."""
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:

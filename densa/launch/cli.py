@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "sparsity",
     "moefy",
     "edit",
+    "analyze",
 )
 
 
