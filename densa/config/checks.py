@@ -9,6 +9,8 @@ launch` call `validate(cfg, world_size, device=...)` once the world is known.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,24 +18,33 @@ from densa.config.errors import ConfigError
 from densa.config.schema import RunConfig
 from densa.models.config import ACTIVATIONS, ROPE_SCALING_TYPES
 
-# String fields with a closed set of values (dotted path, list indices dropped). The loader matches
-# them case-insensitively and suggests the closest; `cross_section_problems` re-checks them for configs
+# String fields of ModelConfig with a closed set of values (densa.models keeps them as tuples). The
+# sections' own choice fields are `Literal[...]` types instead; the loader reads both, matching
+# case-insensitively and suggesting the closest, and `cross_section_problems` re-checks both for configs
 # built in Python.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "schedule.kind": ("constant", "linear", "cosine", "wsd"),
-    "schedule.decay_shape": ("linear", "cosine", "exp", "1-sqrt"),
-    "data.format": ("pretrain", "sft"),
-    "parallel.precision": ("fp32", "bf16", "fp16"),
-    "parallel.launcher": ("deepspeed", "torchrun"),
     "model.activation": ACTIVATIONS,
     "model.rope_scaling.type": ROPE_SCALING_TYPES,
-    # Mirrors of densa.sparse_moe's METRICS / METHODS / ROUTERS (config must not import the methods;
-    # tests/config/test_method_checks.py keeps them in sync).
-    "ssd.stability_metric": ("ari", "overlap"),
-    "ssd.method": ("kmeans", "random", "contiguous"),
-    "ssd.router": ("centroid", "mlp"),
-    "sparsity.prosparse.activation": ("relu", "fatrelu"),
 }
+
+
+def literal_choices(tp: object) -> tuple[str, ...] | None:
+    """The allowed values of a `Literal[...]` type (None for any other type)."""
+    return typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
+
+
+def _literal_problems(obj: object, prefix: str) -> list[Problem]:
+    """Literal-typed fields whose value is not one of the choices, through nested sections."""
+    out: list[Problem] = []
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value, path = getattr(obj, f.name), f"{prefix}{f.name}"
+        choices = literal_choices(hints[f.name])
+        if choices is not None and value not in choices:
+            out.append(Problem(path, f"{value!r} is not one of {', '.join(choices)}"))
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out += _literal_problems(value, f"{path}.")
+    return out
 
 
 class Problem(NamedTuple):
@@ -170,15 +181,13 @@ def _sft_path_ok(path: str) -> bool:
 
 
 def _ssd_problems(cfg: RunConfig) -> list[Problem]:
-    s, p, out = cfg.ssd, cfg.parallel, []
-    if s.num_experts < 1:
-        out.append(Problem("ssd.num_experts", f"must be > 0, got {s.num_experts}"))
-    elif cfg.model.ffn_dim % s.num_experts:
+    """The SSD rules that need the rest of the recipe; single-field rules are SSDConfig.problems()."""
+    s, p = cfg.ssd, cfg.parallel
+    out = [Problem(f"ssd.{name}", message) for name, message in s.problems()]
+    if s.num_experts >= 1 and cfg.model.ffn_dim % s.num_experts:
         out.append(
             Problem("ssd.num_experts", f"{s.num_experts} does not divide model.ffn_dim ({cfg.model.ffn_dim})")
         )
-    if s.num_experts >= 1 and not 1 <= s.top_k <= s.num_experts:
-        out.append(Problem("ssd.top_k", f"must be in 1..ssd.num_experts ({s.num_experts}), got {s.top_k}"))
     # The switch permutes parameters and Adam moments in place: fp32 master copies (ZeRO >= 1, bf16/fp16)
     # would undo it, and a TP shard holds only part of each neuron's rows.
     if p.tp != 1:
@@ -187,13 +196,6 @@ def _ssd_problems(cfg: RunConfig) -> list[Problem]:
         out.append(Problem("parallel.zero_stage", f"ssd.enabled needs ZeRO stage 0, got {p.zero_stage}"))
     if p.precision != "fp32":
         out.append(Problem("parallel.precision", f"ssd.enabled needs fp32, got {p.precision}"))
-    for name in ("interval", "sparse_steps", "kmeans_iters"):
-        if getattr(s, name) < 0:
-            out.append(Problem(f"ssd.{name}", f"must be >= 0, got {getattr(s, name)}"))
-    if not 0.0 <= s.final_dense_fraction <= 1.0:
-        out.append(Problem("ssd.final_dense_fraction", f"must be in [0, 1], got {s.final_dense_fraction}"))
-    if s.router_lr < 0:
-        out.append(Problem("ssd.router_lr", f"must be >= 0, got {s.router_lr}"))
     for i, step in enumerate(s.switch_steps):
         if not 1 <= step <= cfg.train.steps:
             out.append(
@@ -346,6 +348,7 @@ def cross_section_problems(
         value = _get(cfg, path)
         if value is not None and value not in choices:
             out.append(Problem(path, f"{value!r} is not one of {', '.join(choices)}"))
+    out += _literal_problems(cfg, "")
     for path, low in _BOUNDS:
         value = _get(cfg, path)
         if isinstance(value, (int, float)) and value < low:

@@ -14,12 +14,13 @@ import sys
 from typing import Any
 
 from densa.config.load import _hints, _type_name
-from densa.config.schema import DatasetSource, ProSparseSection, RunConfig
+from densa.config.schema import DatasetSource, ProSparseSection, RunConfig, WandbSection
 from densa.models.config import RopeScaling
 
 HEADER = """# Recipe reference
 
-<!-- Generated from the docstrings in densa/config/schema.py and densa/models/config.py by
+<!-- Generated from the docstrings in densa/config/schema.py, densa/models/config.py and
+     densa/sparse_moe/config.py by
      `python -m densa.config.docs > docs/config_reference.md`. Do not edit by hand. -->
 
 Every key a recipe may contain, by section. Keys not listed here are errors. How recipes compose
@@ -84,6 +85,7 @@ def render() -> str:
     subsections = {
         "model": [("model.rope_scaling", RopeScaling)],
         "data": [("data.train[] / data.valid[]", DatasetSource)],
+        "logging": [("logging.wandb", WandbSection)],
         "sparsity": [("sparsity.prosparse", ProSparseSection)],
     }
     for f in dataclasses.fields(RunConfig):

@@ -25,10 +25,11 @@ from typing import Any
 
 import yaml
 
-from densa.config.checks import CHOICES, Problem, cross_section_problems
+from densa.config.checks import CHOICES, Problem, cross_section_problems, literal_choices
 from densa.config.errors import ConfigError
 from densa.config.init_model import fill_model, model_problems
 from densa.config.schema import RunConfig
+from densa.errors import DensaError
 
 _FAIL = object()  # marks a value that could not be built; its problem is already recorded
 Origins = dict[str, str]  # dotted path → label of the file (or "--set") that set it
@@ -190,6 +191,8 @@ def _type_name(tp: Any) -> str:
         return "mapping"
     if dataclasses.is_dataclass(tp):
         return f"mapping ({tp.__name__})"
+    if literal_choices(tp) is not None:
+        return "one of " + ", ".join(literal_choices(tp))
     return {bool: "bool (true/false)", int: "int", float: "float", str: "string"}.get(tp, str(tp))
 
 
@@ -222,6 +225,13 @@ class _Builder:
             return self.convert(value, inner, path)
         if dataclasses.is_dataclass(tp):
             return self.build(tp, value, path)
+        choices = literal_choices(tp)
+        if choices is not None:
+            return (
+                self._choice(value, path, choices)
+                if isinstance(value, str)
+                else self.mismatch(path, tp, value)
+            )
         if origin is tuple:
             return self._tuple(value, tp, args, path)
         if origin is dict or tp is dict:
@@ -255,8 +265,8 @@ class _Builder:
         ]
         return _FAIL if any(v is _FAIL for v in items) else tuple(items)
 
-    def _choice(self, value: str, path: str) -> Any:
-        choices = CHOICES.get(re.sub(r"\.\d+(?=\.|$)", "", path))
+    def _choice(self, value: str, path: str, choices: tuple[str, ...] | None = None) -> Any:
+        choices = choices or CHOICES.get(re.sub(r"\.\d+(?=\.|$)", "", path))
         if choices is None or value in choices:
             return value
         for choice in choices:  # the one string coercion: case-insensitive match to a choice
@@ -292,7 +302,7 @@ class _Builder:
             return _FAIL
         try:
             return cls(**kwargs)
-        except (ValueError, TypeError) as err:  # a section's own __post_init__ rule
+        except (ValueError, TypeError, DensaError) as err:  # a section's own __post_init__ rule
             # "rope_scaling.factor must be > 0" or "n_heads must be > 0" → point at the field's dotted path.
             leaf = re.escape(path.rsplit(".", 1)[-1])
             m = re.match(rf"^(?:{leaf}\.)?(\w+)(?::\s*| (?=must))(.*)$", str(err), re.S)

@@ -8,9 +8,13 @@ these docstrings. Sections own their local checks in `__post_init__`; rules that
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from densa.models.config import ModelConfig
+from densa.sparse_moe.config import SSDConfig
+
+# The `ssd:` section is SSD's own config (one definition, in densa/sparse_moe/config.py).
+SSDSection = SSDConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +46,7 @@ class DataSection:
     """Tokens per training sample."""
     tokenizer: str | None = None
     """SentencePiece `.model` file or HF tokenizer folder; checked against each dataset's manifest."""
-    format: str = "pretrain"
+    format: Literal["pretrain", "sft"] = "pretrain"
     """`pretrain` (packed .bin/.idx) or `sft` (messages or prompt/response, loss on responses, from a JSONL
     or parquet file, a `datasets` save_to_disk folder or a hub cache folder)."""
     pack: bool = False
@@ -77,7 +81,7 @@ class OptimSection:
 
 @dataclass(frozen=True, kw_only=True)
 class ScheduleSection:
-    kind: str = "cosine"
+    kind: Literal["constant", "linear", "cosine", "wsd"] = "cosine"
     """constant, linear, cosine or wsd (warmup-stable-decay)."""
     warmup_steps: int = 0
     """Linear warmup from 0 to the peak LR."""
@@ -85,7 +89,7 @@ class ScheduleSection:
     """wsd only: length of the final decay phase (default: decay_fraction of the total)."""
     decay_fraction: float = 0.1
     """wsd only: decay phase as a fraction of train.steps when decay_steps is not given."""
-    decay_shape: str = "linear"
+    decay_shape: Literal["linear", "cosine", "exp", "1-sqrt"] = "linear"
     """wsd only: linear, cosine, exp or 1-sqrt."""
     min_lr_ratio: float = 0.1
     """Final LR as a fraction of the peak (linear, cosine, wsd)."""
@@ -119,11 +123,11 @@ class ParallelSection:
     """Tensor-parallel size (megatron-core parallel_state)."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage 0, 1, 2 or 3."""
-    precision: str = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """fp32, bf16, or fp16 (GPU only, with loss scaling)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in backward."""
-    launcher: str = "deepspeed"
+    launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
     """deepspeed or torchrun, for `densa launch`."""
 
 
@@ -138,6 +142,19 @@ class CheckpointSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WandbSection:
+    """Weights & Biases logging next to TensorBoard (needs `pip install wandb`); off while project is null.
+    The W&B run lives in RUN_DIR/wandb and is continued on resume (its id is kept in RUN_DIR/wandb_run_id)."""
+
+    project: str | None = None
+    """W&B project to log to; null: no W&B logging."""
+    entity: str | None = None
+    """W&B team or user (null: your default entity)."""
+    mode: Literal["online", "offline", "disabled"] = "online"
+    """online, offline (write RUN_DIR/wandb for a later `wandb sync`) or disabled. WANDB_MODE overrides."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class LoggingSection:
     log_interval: int = 10
     """Steps between metric records (console, metrics.jsonl, TensorBoard)."""
@@ -145,6 +162,8 @@ class LoggingSection:
     """Write TensorBoard events to RUN_DIR/tensorboard."""
     progress: bool = True
     """Progress bar with ETA on rank 0."""
+    wandb: WandbSection = field(default_factory=WandbSection)
+    """Weights & Biases logging (see below)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,46 +184,12 @@ class ExportSection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SSDSection:
-    """Switchable sparse-dense learning (densa.sparse_moe.ssd, docs/ssd.md): tp = 1, ZeRO-0, fp32 only."""
-
-    enabled: bool = False
-    """Run the SSD callback: re-cluster FFN neurons into experts and switch between dense and MoE training."""
-    num_experts: int = 16
-    """Experts per FFN layer; must divide model.ffn_dim."""
-    top_k: int = 4
-    """Experts each token uses in sparse mode (1 ≤ top_k ≤ num_experts)."""
-    interval: int = 100
-    """Steps between re-clusterings (and stability checks) in dense mode; 0: only at switch_steps."""
-    stability_metric: str = "ari"
-    """Clustering stability between consecutive re-clusterings: ari (adjusted Rand index) or overlap."""
-    stability_threshold: float = 0.9
-    """Switch to sparse once the mean stability over layers reaches this value."""
-    switch_steps: tuple[int, ...] = ()
-    """Completed-step counts at which the mode toggles regardless of stability."""
-    sparse_steps: int = 500
-    """Length of each sparse phase; 0: until the next switch step or the final dense phase."""
-    final_dense_fraction: float = 0.2
-    """The last fraction of train.steps is always dense (in [0, 1])."""
-    method: str = "kmeans"
-    """Neuron clustering: kmeans (balanced, warm-started), random or contiguous."""
-    router: str = "centroid"
-    """Router of the sparse phases: centroid (SSD) or mlp (MoEfication)."""
-    router_lr: float = 1e-3
-    """Adam LR of the routers in sparse mode (0: routers stay at their centroid initialisation)."""
-    kmeans_iters: int = 50
-    """Balanced k-means iterations per re-clustering."""
-    seed: int = 0
-    """Seed of the clustering."""
-
-
-@dataclass(frozen=True, kw_only=True)
 class ProSparseSection:
     """ProSparse finetuning (docs/sparsity.md): ReLU swap, progressive L1, optional FATReLU; tp = 1."""
 
     enabled: bool = False
     """Swap the FFN activation of the loaded model to ReLU (weights kept) and train with the L1 schedule."""
-    activation: str = "relu"
+    activation: Literal["relu", "fatrelu"] = "relu"
     """relu, or fatrelu (ReLU that also zeroes pre-activations ≤ fatrelu_threshold during training)."""
     fatrelu_threshold: float = 0.0
     """FATReLU threshold T ≥ 0 (activation: fatrelu only). Applied by hooks during training; the run's
@@ -261,7 +246,7 @@ class RunConfig:
     logging: LoggingSection = field(default_factory=LoggingSection)
     eval: EvalSection = field(default_factory=EvalSection)
     export: ExportSection = field(default_factory=ExportSection)
-    ssd: SSDSection = field(default_factory=SSDSection)
+    ssd: SSDConfig = field(default_factory=SSDConfig)
     sparsity: SparsitySection = field(default_factory=SparsitySection)
     retaining_heads: RetainingHeadsSection = field(default_factory=RetainingHeadsSection)
     deepspeed: dict[str, Any] = field(default_factory=dict)

@@ -164,5 +164,6 @@ class RetainingHeadsCallback(Callback):
         metrics.update(getattr(get_heads(trainer.engine.module), "last_stats", {}))
 
     def on_train_end(self, trainer: Trainer, step: int) -> None:
-        if trainer.is_main:
+        # A failed run leaves no heads file: it would look like a finished one.
+        if trainer.is_main and getattr(trainer, "error", None) is None:
             save_heads(Path(trainer.run_dir) / self.out_file, trainer.engine.module)

@@ -1,61 +1,75 @@
 """MoEfication, the MoE FFN as a permutation view of the dense FFN, SSD switching, routers, MoE inference.
 
 from densa.sparse_moe import cluster_ffn, to_sparse, to_dense, SSDCallback, SSDConfig
+
+Names are loaded on first use (PEP 562): `densa.sparse_moe.config` (the `ssd:` recipe section, which the
+recipe schema imports) must not pull in torch, so `densa check` stays fast.
 """
 
-from densa.sparse_moe.balanced_kmeans import KMeansResult, balanced_assignment, balanced_kmeans
-from densa.sparse_moe.errors import MoEError
-from densa.sparse_moe.inference import load_moe, moefy, perplexity, perplexity_vs_top_k, save_moe
-from densa.sparse_moe.moe_ffn import MoEFeedForward
-from densa.sparse_moe.moefication import Clustering, cluster_ffn, expert_permutation, split_neurons
-from densa.sparse_moe.router import (
-    CentroidRouter,
-    MLPRouter,
-    expert_activation_mass,
-    routing_coverage,
-    train_router,
-)
-from densa.sparse_moe.ssd import SSDCallback, SSDConfig
-from densa.sparse_moe.stability import adjusted_rand_index, assignment_overlap
-from densa.sparse_moe.switching import (
-    check_optimizer,
-    is_sparse,
-    permute_ffn_,
-    permute_optimizer_state_,
-    set_top_k,
-    to_dense,
-    to_sparse,
-)
+from __future__ import annotations
 
-__all__ = [
-    "CentroidRouter",
-    "Clustering",
-    "KMeansResult",
-    "MLPRouter",
-    "MoEError",
-    "MoEFeedForward",
-    "SSDCallback",
-    "SSDConfig",
-    "adjusted_rand_index",
-    "assignment_overlap",
-    "balanced_assignment",
-    "balanced_kmeans",
-    "check_optimizer",
-    "cluster_ffn",
-    "expert_activation_mass",
-    "expert_permutation",
-    "is_sparse",
-    "load_moe",
-    "moefy",
-    "permute_ffn_",
-    "permute_optimizer_state_",
-    "perplexity",
-    "perplexity_vs_top_k",
-    "routing_coverage",
-    "save_moe",
-    "set_top_k",
-    "split_neurons",
-    "to_dense",
-    "to_sparse",
-    "train_router",
-]
+import importlib
+import sys
+import types
+from typing import Any
+
+_WHERE = {
+    "KMeansResult": "balanced_kmeans",
+    "balanced_assignment": "balanced_kmeans",
+    "balanced_kmeans": "balanced_kmeans",
+    "MoEError": "errors",
+    "load_moe": "inference",
+    "moefy": "inference",
+    "perplexity": "inference",
+    "perplexity_vs_top_k": "inference",
+    "save_moe": "inference",
+    "MoEFeedForward": "moe_ffn",
+    "Clustering": "moefication",
+    "cluster_ffn": "moefication",
+    "expert_permutation": "moefication",
+    "split_neurons": "moefication",
+    "CentroidRouter": "router",
+    "MLPRouter": "router",
+    "expert_activation_mass": "router",
+    "routing_coverage": "router",
+    "train_router": "router",
+    "SSDCallback": "ssd",
+    "SSDConfig": "config",
+    "adjusted_rand_index": "stability",
+    "assignment_overlap": "stability",
+    "check_optimizer": "switching",
+    "is_sparse": "switching",
+    "permute_ffn_": "switching",
+    "permute_optimizer_state_": "switching",
+    "set_top_k": "switching",
+    "to_dense": "switching",
+    "to_sparse": "switching",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'densa.sparse_moe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"densa.sparse_moe.{_WHERE[name]}"), name)
+    globals()[name] = value  # the next lookup skips __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule binds its name on the package: for `balanced_kmeans`, the name of both a
+    submodule and its function, keep the function (what `from densa.sparse_moe import balanced_kmeans`
+    has always given)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in _WHERE and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from densa.sparse_moe.balanced_kmeans import balanced_kmeans, cluster_means
+from densa.sparse_moe.config import METHODS  # one definition (config.py), re-exported
 from densa.sparse_moe.errors import MoEError, check_experts
-
-METHODS = ("kmeans", "random", "contiguous")
 
 
 @dataclass(frozen=True)

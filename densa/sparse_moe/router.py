@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from densa.sparse_moe.config import ROUTERS  # one definition (config.py), re-exported
 from densa.sparse_moe.moefication import Clustering
-
-ROUTERS = ("centroid", "mlp")
 
 
 class CentroidRouter(nn.Module):

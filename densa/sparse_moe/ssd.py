@@ -19,59 +19,22 @@ Trainer protocol: `densa.train.callbacks.Callback`; the model is `trainer.engine
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
 from torch import nn
 
-from densa.sparse_moe.errors import MoEError, check_experts, check_top_k
+from densa.sparse_moe.config import SSDConfig
+from densa.sparse_moe.errors import MoEError, check_experts
 from densa.sparse_moe.moe_ffn import MoEFeedForward
-from densa.sparse_moe.moefication import METHODS, Clustering, cluster_ffn
-from densa.sparse_moe.router import ROUTERS, build_router
-from densa.sparse_moe.stability import METRICS, stability
+from densa.sparse_moe.moefication import Clustering, cluster_ffn
+from densa.sparse_moe.router import build_router
+from densa.sparse_moe.stability import stability
 from densa.sparse_moe.switching import check_optimizer, compose, ffn_modules, to_dense, to_sparse
 from densa.train.callbacks import Callback
 
 STATE_VERSION = 1
-
-
-@dataclass(frozen=True, kw_only=True)
-class SSDConfig:
-    """Mirrors the proposed `ssd:` recipe section."""
-
-    enabled: bool = True
-    num_experts: int = 16
-    top_k: int = 4
-    interval: int = 100
-    """Steps between re-clusterings (and stability checks) in dense mode; 0: only at switch_steps."""
-    stability_metric: str = "ari"
-    stability_threshold: float = 0.9
-    switch_steps: tuple[int, ...] = ()
-    """Completed-step counts at which the mode toggles regardless of stability."""
-    sparse_steps: int = 500
-    """Length of each sparse phase; 0: until the next switch step or the final dense phase."""
-    final_dense_fraction: float = 0.2
-    method: str = "kmeans"
-    router: str = "centroid"
-    router_lr: float = 1e-3
-    """Adam LR of the routers in sparse mode (0: routers stay at their centroid initialisation)."""
-    kmeans_iters: int = 50
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_top_k(self.top_k, self.num_experts)
-        if self.stability_metric not in METRICS:
-            raise MoEError(f"ssd.stability_metric: {self.stability_metric!r} is not one of {METRICS}")
-        if self.method not in METHODS:
-            raise MoEError(f"ssd.method: {self.method!r} is not one of {METHODS}")
-        if self.router not in ROUTERS:
-            raise MoEError(f"ssd.router: {self.router!r} is not one of {ROUTERS}")
-        if not 0.0 <= self.final_dense_fraction <= 1.0:
-            raise MoEError(f"ssd.final_dense_fraction must be in [0, 1], got {self.final_dense_fraction}")
-        if self.interval < 0 or self.sparse_steps < 0:
-            raise MoEError("ssd.interval and ssd.sparse_steps must be >= 0")
-        object.__setattr__(self, "switch_steps", tuple(sorted(int(s) for s in self.switch_steps)))
 
 
 def _unwrap(trainer: Any) -> tuple[nn.Module, torch.optim.Optimizer | None]:
@@ -134,17 +97,17 @@ class SSDCallback(Callback):
             self._restore(self._pending)
             self._pending = None
 
+    # `config.enabled` is the recipe's switch (densa.train.methods builds this callback only when it is
+    # set); a callback built in Python always runs.
+
     def on_train_start(self, trainer: Any) -> None:
-        if not self.config.enabled:
-            return
         if self.total_steps is None:
             self.total_steps = int(trainer.cfg.train.steps)
         if self.model is None:
             self.bind(*_unwrap(trainer))
 
     def on_checkpoint_load(self, trainer: Any, step: int, path: Any) -> None:
-        if self.config.enabled:
-            self.bind(*_unwrap(trainer))
+        self.bind(*_unwrap(trainer))
 
     # ---------------------------------------------------------------------------------- schedule
 
@@ -154,8 +117,6 @@ class SSDCallback(Callback):
         return int(round(total * (1.0 - self.config.final_dense_fraction)))
 
     def post_step(self, trainer: Any, step: int, metrics: dict[str, Any]) -> None:
-        if not self.config.enabled:
-            return
         if self.model is None:
             self.on_train_start(trainer)
         done = step + 1  # completed optimizer steps; a switch here applies from the next step on

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-METRICS = ("ari", "overlap")
+from densa.sparse_moe.config import METRICS  # one definition (config.py), re-exported
 
 
 def contingency(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,11 @@ Protocol:
 - `on_eval(trainer, step, metrics)`   after a validation pass; may add metrics likewise;
 - `state_dict()` / `load_state_dict(state)`: state that must survive resume, saved in every checkpoint
   under the callback's `name` (`on_checkpoint_save` / `on_checkpoint_load` are notified around that);
-- `on_train_end(trainer, step)` once, after the last step (also after a signal-triggered stop).
+- `on_error(trainer, exc)`    when the run fails: `exc` is what `fit` is about to raise (a diverged loss, a
+  data error, a callback's exception, KeyboardInterrupt); an exception raised here is reported, not raised;
+- `on_train_end(trainer, step)` exactly once, in a `finally`: after the last step, after a signal-triggered
+  stop and after a failure (then after `on_error`; `trainer.error` holds the exception, so a callback can
+  skip writing final outputs). Every callback's `on_train_end` runs even if an earlier one raises.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class Callback:
 
     def on_checkpoint_load(self, trainer: Trainer, step: int, path: Path) -> None: ...
 
+    def on_error(self, trainer: Trainer, exc: BaseException) -> None: ...
+
     def on_train_end(self, trainer: Trainer, step: int) -> None: ...
 
     def state_dict(self) -> dict[str, Any]:
@@ -70,6 +76,18 @@ class CallbackList:
     def call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, hook)(*args)
+
+    def call_all(self, hook: str, *args: Any) -> list[tuple[str, BaseException]]:
+        """Run `hook` on every callback even when some raise; return (callback name, exception) pairs.
+
+        For the hooks of a run's end: one callback's failure must not skip another's cleanup."""
+        failed: list[tuple[str, BaseException]] = []
+        for cb in self.callbacks:
+            try:
+                getattr(cb, hook)(*args)
+            except Exception as err:  # noqa: BLE001 - collected and reported by the caller
+                failed.append((cb.name, err))
+        return failed
 
     def state_dict(self) -> dict[str, dict[str, Any]]:
         return {cb.name: cb.state_dict() for cb in self.callbacks}

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from densa.config.schema import RunConfig
 from densa.errors import DataError, DensaError
 from densa.train import engine as eng
@@ -68,6 +70,8 @@ class Trainer:
         self.num_params = num_params or sum(p.numel() for p in engine.module.parameters()) * cfg.parallel.tp
         self.metrics: MetricsLogger | None = None
         self.last_checkpoint: Path | None = None
+        self.error: BaseException | None = None
+        """What `fit` raised (set before `on_error` / `on_train_end` run), else None."""
         self._stop_requested = False
 
     @property
@@ -140,6 +144,10 @@ class Trainer:
             progress=log.progress,
             total_steps=cfg.train.steps,
             start_step=state.step,
+            resume_step=state.step if resumed is not None else None,
+            wandb=log.wandb,
+            run_name=cfg.run.name,
+            config=yaml.safe_load(self.recipe_yaml) if self.recipe_yaml and log.wandb.project else None,
         )
         if resumed is not None:
             self.metrics.message(f"resumed from {resumed} at step {state.step}")
@@ -226,9 +234,25 @@ class Trainer:
                 if saved_at != state.step:  # e.g. resumed from a checkpoint already at train.steps
                     self.save_checkpoint()
                 self.evaluate()
-            self.callbacks.call("on_train_end", self, state.step)
+        except BaseException as exc:
+            self.error = exc
+            for name, err in self.callbacks.call_all("on_error", self, exc):
+                self.metrics.message(f"callback {name}: on_error raised {type(err).__name__}: {err}")
+            raise
         finally:
-            watchdog.close()
-            signals.close()
-            self.metrics.close()
+            try:
+                self._train_end()
+            finally:
+                watchdog.close()
+                signals.close()
+                self.metrics.close()
         return TrainResult(state, interrupted, self.last_checkpoint, history)
+
+    def _train_end(self) -> None:
+        """`on_train_end` on every callback; a failure there is raised only when the run itself succeeded
+        (otherwise it would hide the run's own exception, which is already on its way)."""
+        failed = self.callbacks.call_all("on_train_end", self, self.state.step)
+        for name, err in failed:
+            self.metrics.message(f"callback {name}: on_train_end raised {type(err).__name__}: {err}")
+        if failed and self.error is None:
+            raise failed[0][1]

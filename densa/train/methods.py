@@ -1,14 +1,15 @@
 """The recipe's method sections (`ssd:`, `sparsity:`, `retaining_heads:`) turned into trainer parts.
 
-`build_trainer` calls these three; everything method-specific lives here so `run.py` stays generic:
+Each method is one `Method` in the `METHODS` registry: when its recipe switch is on it may
+- `prepare` the model before the engine (and so the optimizer) exists: ProSparse's ReLU swap; for a
+  retaining-head run, attach heads and freeze the backbone;
+- add `callbacks` (given the gradient-accumulation steps): SSD switching, activation-ratio tracking,
+  ProSparse's L1 (and FATReLU), the retaining-head callback;
+- replace the LM `loss` (the retaining-head loss); at most one enabled method may.
 
-- `prepare_model(cfg, model)`: changes the model before the engine (and so the optimizer) exists:
-  ProSparse's ReLU swap; for a retaining-head run, attach heads and freeze the backbone;
-- `method_callbacks(cfg, grad_accum)`: SSD switching, activation-ratio tracking, ProSparse's L1 (and
-  FATReLU), the retaining-head callback, in that order;
-- `method_loss(cfg)`: the retaining-head loss, or None for the LM loss.
-
-The method packages are imported lazily: a plain pretraining run never loads them.
+`build_trainer` calls `prepare_model`, `method_callbacks` and `method_loss`, which walk the registry in
+order, so `run.py` stays generic and a new method is one `register(Method(...))`. The method packages are
+imported lazily: a plain pretraining run never loads them.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from densa.config.schema import RunConfig
+from densa.errors import DensaError
 from densa.models.config import ModelConfig
 from densa.train.callbacks import Callback
 
@@ -39,18 +43,62 @@ def trained_model_config(cfg: RunConfig) -> ModelConfig:
     return cfg.model
 
 
+LossFn = Any  # a trainer loss function (densa.train.engine.LossFn)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One training method of the recipe and the trainer parts it contributes."""
+
+    name: str
+    """The recipe key that turns it on (e.g. `ssd.enabled`), used in messages."""
+    enabled: Callable[[RunConfig], bool]
+    prepare: Callable[[RunConfig, nn.Module], None] | None = None
+    """Change the freshly built (and loaded) model before the optimizer exists."""
+    callbacks: Callable[[RunConfig, int], list[Callback]] | None = None
+    """Callbacks for the run, given the gradient-accumulation steps."""
+    loss: Callable[[RunConfig], LossFn] | None = None
+    """The loss that replaces the LM loss."""
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add `method` to the registry (after those already there: order is the callbacks' order)."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+def enabled_methods(cfg: RunConfig) -> list[Method]:
+    """The registered methods the recipe turns on, in registry order."""
+    return [m for m in METHODS.values() if m.enabled(cfg)]
+
+
 def prepare_model(cfg: RunConfig, model: nn.Module) -> nn.Module:
     """Apply the recipe's methods to a freshly built (and loaded) model, before the optimizer is built."""
-    if cfg.sparsity.prosparse.enabled:
-        from densa.sparsity.prosparse import swap_activation
-
-        swap_activation(model, "relu")  # FATReLU is ReLU plus a pre-activation hook (FATReLUCallback)
-    if cfg.retaining_heads.enabled:
-        from densa.retaining_heads import prepare_for_head_training
-
-        # Freezing must precede the optimizer: it only gets parameters that require grad.
-        prepare_for_head_training(model, hidden=cfg.retaining_heads.hidden)
+    for method in enabled_methods(cfg):
+        if method.prepare is not None:
+            method.prepare(cfg, model)
     return model
+
+
+def method_callbacks(cfg: RunConfig, grad_accum: int) -> list[Callback]:
+    """Callbacks for the enabled methods; `grad_accum` scales ProSparse's injected L1 gradient."""
+    return [
+        cb for m in enabled_methods(cfg) if m.callbacks is not None for cb in m.callbacks(cfg, grad_accum)
+    ]
+
+
+def method_loss(cfg: RunConfig) -> LossFn | None:
+    """The loss a method replaces the LM loss with (a trainer LossFn), or None."""
+    losses = [(m.name, m.loss(cfg)) for m in enabled_methods(cfg) if m.loss is not None]
+    if len(losses) > 1:
+        names = ", ".join(name for name, _ in losses)
+        raise DensaError(f"at most one method may replace the training loss; these all do: {names}")
+    return losses[0][1] if losses else None
 
 
 class FATReLUCallback(Callback):
@@ -76,38 +124,77 @@ class FATReLUCallback(Callback):
             self._stack = None
 
 
-def method_callbacks(cfg: RunConfig, grad_accum: int) -> list[Callback]:
-    """Callbacks for the enabled methods; `grad_accum` scales ProSparse's injected L1 gradient."""
-    out: list[Callback] = []
-    if cfg.ssd.enabled:
-        from densa.sparse_moe.ssd import SSDCallback, SSDConfig
+# --- the methods ---------------------------------------------------------------------------------------
 
-        out.append(SSDCallback(SSDConfig(**dataclasses.asdict(cfg.ssd)), total_steps=cfg.train.steps))
+
+def _ssd_callbacks(cfg: RunConfig, grad_accum: int) -> list[Callback]:
+    from densa.sparse_moe.ssd import SSDCallback
+
+    return [SSDCallback(cfg.ssd, total_steps=cfg.train.steps)]  # cfg.ssd is an SSDConfig already
+
+
+def _track_callbacks(cfg: RunConfig, grad_accum: int) -> list[Callback]:
+    from densa.sparsity.callback import ActivationRatioCallback
+
     s = cfg.sparsity
-    if s.track_interval > 0:
-        from densa.sparsity.callback import ActivationRatioCallback
+    return [ActivationRatioCallback(s.track_interval, threshold=s.track_threshold, cett=s.track_cett)]
 
-        out.append(ActivationRatioCallback(s.track_interval, threshold=s.track_threshold, cett=s.track_cett))
-    ps = s.prosparse
-    if ps.enabled:
-        if ps.activation == "fatrelu":
-            out.append(FATReLUCallback(ps.fatrelu_threshold))
-        if ps.l1_stages:
-            from densa.sparsity.callback import ActivationL1Callback
 
-            # The engine averages the LM loss over micro-batches; the L1 gradient is added per micro-batch.
-            out.append(ActivationL1Callback(ps.l1_stages, scale=1.0 / grad_accum))
-    if cfg.retaining_heads.enabled:
-        from densa.retaining_heads import RetainingHeadsCallback
+def _prosparse_prepare(cfg: RunConfig, model: nn.Module) -> None:
+    from densa.sparsity.prosparse import swap_activation
 
-        out.append(RetainingHeadsCallback(out_file=cfg.retaining_heads.out_file))
+    swap_activation(model, "relu")  # FATReLU is ReLU plus a pre-activation hook (FATReLUCallback)
+
+
+def _prosparse_callbacks(cfg: RunConfig, grad_accum: int) -> list[Callback]:
+    ps, out = cfg.sparsity.prosparse, []
+    if ps.activation == "fatrelu":
+        out.append(FATReLUCallback(ps.fatrelu_threshold))
+    if ps.l1_stages:
+        from densa.sparsity.callback import ActivationL1Callback
+
+        # The engine averages the LM loss over micro-batches; the L1 gradient is added per micro-batch.
+        out.append(ActivationL1Callback(ps.l1_stages, scale=1.0 / grad_accum))
     return out
 
 
-def method_loss(cfg: RunConfig) -> Any | None:
-    """The loss a method replaces the LM loss with (a trainer LossFn), or None."""
-    if cfg.retaining_heads.enabled:
-        from densa.retaining_heads import heads_loss
+def _heads_prepare(cfg: RunConfig, model: nn.Module) -> None:
+    from densa.retaining_heads import prepare_for_head_training
 
-        return functools.partial(heads_loss, alpha=cfg.retaining_heads.smoothness_alpha)
-    return None
+    # Freezing must precede the optimizer: it only gets parameters that require grad.
+    prepare_for_head_training(model, hidden=cfg.retaining_heads.hidden)
+
+
+def _heads_callbacks(cfg: RunConfig, grad_accum: int) -> list[Callback]:
+    from densa.retaining_heads import RetainingHeadsCallback
+
+    return [RetainingHeadsCallback(out_file=cfg.retaining_heads.out_file)]
+
+
+def _heads_loss(cfg: RunConfig) -> LossFn:
+    from densa.retaining_heads import heads_loss
+
+    return functools.partial(heads_loss, alpha=cfg.retaining_heads.smoothness_alpha)
+
+
+register(Method("ssd.enabled", lambda cfg: cfg.ssd.enabled, callbacks=_ssd_callbacks))
+register(
+    Method("sparsity.track_interval", lambda cfg: cfg.sparsity.track_interval > 0, callbacks=_track_callbacks)
+)
+register(
+    Method(
+        "sparsity.prosparse.enabled",
+        lambda cfg: cfg.sparsity.prosparse.enabled,
+        prepare=_prosparse_prepare,
+        callbacks=_prosparse_callbacks,
+    )
+)
+register(
+    Method(
+        "retaining_heads.enabled",
+        lambda cfg: cfg.retaining_heads.enabled,
+        prepare=_heads_prepare,
+        callbacks=_heads_callbacks,
+        loss=_heads_loss,
+    )
+)

@@ -1,4 +1,11 @@
-"""Metric sinks on rank 0: metrics.jsonl, TensorBoard events and a tqdm progress bar with ETA (stderr).
+"""Metric sinks on rank 0: metrics.jsonl, TensorBoard events, optional Weights & Biases, and a tqdm progress
+bar with ETA (stderr).
+
+On resume at step S the sinks forget what the interrupted run logged after S (it is logged again):
+metrics.jsonl loses its records with step > S (rewritten atomically), TensorBoard purges events from
+step S + 1 (`SummaryWriter(purge_step=...)`), and W&B continues the same run (its id is kept in
+RUN_DIR/wandb_run_id); W&B itself ignores steps at or below the last one it holds, and a resumed run
+recomputes those steps exactly, so its curve has one point per step too.
 
 Throughput and MFU are computed by `Throughput`: MFU = 6·N·tokens/s / (peak FLOP/s × ranks), N the
 non-embedding-inclusive parameter count (the usual 6N approximation: forward 2N + backward 4N per token,
@@ -11,10 +18,65 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import secrets
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from densa.errors import DensaError
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def truncate_metrics(path: str | Path, last_step: int) -> int:
+    """Drop the records of metrics.jsonl with step > `last_step` (and a torn last line), atomically;
+    return how many were dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            step = json.loads(line).get("step")
+        except (json.JSONDecodeError, AttributeError):
+            dropped += 1  # a line cut short by a crash
+            continue
+        if isinstance(step, int) and step > last_step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
+
+
+def _wandb_run(run_dir: Path, wandb: Any, name: str, config: dict | None) -> Any:
+    """wandb.init for this run dir: the same W&B run across resumes (id kept in RUN_DIR/wandb_run_id)."""
+    try:
+        import wandb as wandb_lib
+    except ImportError:
+        raise DensaError(
+            "logging.wandb.project is set but wandb is not installed: pip install wandb"
+            " (or remove logging.wandb.project)"
+        ) from None
+    id_file = run_dir / "wandb_run_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+    id_file.write_text(run_id + "\n")
+    kwargs: dict[str, Any] = dict(
+        project=wandb.project,
+        entity=wandb.entity,
+        mode=wandb.mode,
+        name=name,
+        id=run_id,
+        dir=str(run_dir),
+        config=config,
+        resume="allow",
+    )
+    return wandb_lib.init(**kwargs)
 
 
 def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -41,18 +103,29 @@ class MetricsLogger:
         progress: bool = True,
         total_steps: int = 0,
         start_step: int = 0,
+        resume_step: int | None = None,
+        wandb: Any | None = None,
+        run_name: str = "run",
+        config: dict[str, Any] | None = None,
     ) -> None:
+        """`resume_step`: the step of the checkpoint this run resumed from (None for a fresh run).
+        `wandb`: a `WandbSection` whose project is set, or None; `config` is sent to W&B as the run config."""
         self.is_main = is_main
-        self._jsonl = self._tb = self._bar = None
+        self._jsonl = self._tb = self._bar = self._wandb = None
         if not is_main:
             return
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            truncate_metrics(run_dir / "metrics.jsonl", resume_step)
         self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
+        if wandb is not None and wandb.project:
+            self._wandb = _wandb_run(run_dir, wandb, run_name, config)
         if progress:
             from tqdm import tqdm
 
@@ -72,6 +145,13 @@ class MetricsLogger:
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     self._tb.add_scalar(key, value, step)
             self._tb.flush()
+        if self._wandb is not None:
+            numbers = {
+                k: v
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            }
+            self._wandb.log(numbers, step=step)
 
     def progress(self, step: int, loss: float | None = None) -> None:
         """Advance the bar to `step` steps done."""
@@ -93,7 +173,9 @@ class MetricsLogger:
         for sink in (self._bar, self._tb, self._jsonl):
             if sink is not None:
                 sink.close()
-        self._jsonl = self._tb = self._bar = None
+        if self._wandb is not None:
+            self._wandb.finish()
+        self._jsonl = self._tb = self._bar = self._wandb = None
 
 
 class Throughput:

@@ -4,13 +4,15 @@ mirrors of the method libraries' own settings."""
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import pytest
 
-from densa.config.checks import CHOICES
+from densa.config.checks import CHOICES, literal_choices
 from densa.config.errors import ConfigError
 from densa.config.load import load_recipe_dict
 from densa.config.schema import RunConfig, SSDSection
+from densa.sparse_moe import MoEError
 from densa.sparse_moe.moefication import METHODS
 from densa.sparse_moe.router import ROUTERS
 from densa.sparse_moe.ssd import SSDConfig
@@ -36,17 +38,41 @@ def problems(*overrides: str) -> list[str]:
     return excinfo.value.problems
 
 
-def test_ssd_section_mirrors_ssd_config() -> None:
-    ours = {f.name: f.default for f in dataclasses.fields(SSDSection)}
-    theirs = {f.name: f.default for f in dataclasses.fields(SSDConfig)}
-    assert ours.keys() == theirs.keys()
-    assert {k: v for k, v in ours.items() if k != "enabled"} == {
-        k: v for k, v in theirs.items() if k != "enabled"
-    }
-    assert ours["enabled"] is False
-    assert CHOICES["ssd.stability_metric"] == METRICS
-    assert CHOICES["ssd.method"] == METHODS
-    assert CHOICES["ssd.router"] == ROUTERS
+def test_ssd_section_is_ssd_config() -> None:
+    # One definition: the recipe section is SSD's own config, its choices are its Literal types.
+    assert typing.get_type_hints(RunConfig)["ssd"] is SSDConfig
+    assert SSDSection is SSDConfig and RunConfig.__dataclass_fields__["ssd"].default_factory() == SSDConfig()
+    hints = typing.get_type_hints(SSDConfig)
+    assert literal_choices(hints["stability_metric"]) == METRICS == ("ari", "overlap")
+    assert literal_choices(hints["method"]) == METHODS == ("kmeans", "random", "contiguous")
+    assert literal_choices(hints["router"]) == ROUTERS == ("centroid", "mlp")
+    assert "ssd.router" not in CHOICES  # no mirrored table left
+    cfg = load("ssd.enabled=true", "ssd.num_experts=8", "ssd.router=MLP")
+    assert isinstance(cfg.ssd, SSDConfig) and cfg.ssd.router == "mlp"
+
+
+def test_literal_choices_rechecked_for_python_configs() -> None:
+    cfg = load()
+    bad = dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, kind="cosin"))
+    from densa.config.checks import cross_section_problems
+
+    assert [p for p in cross_section_problems(bad) if p.path == "schedule.kind"][0].message == (
+        "'cosin' is not one of constant, linear, cosine, wsd"
+    )
+    assert problems("schedule.kind=cosin") == [
+        "--set: schedule.kind: 'cosin' is not one of constant, linear, cosine, wsd (did you mean 'cosine'?)"
+    ]
+    assert problems("parallel.precision=3") == [
+        "--set: parallel.precision: expected one of fp32, bf16, fp16, got int 3"
+    ]
+
+
+def test_ssd_single_field_rules_in_python_and_recipe() -> None:
+    with pytest.raises(MoEError, match=r"^ssd\.top_k: must be in 1\.\.ssd\.num_experts \(8\), got 9$"):
+        SSDConfig(num_experts=8, top_k=9)
+    assert problems("ssd.num_experts=8", "ssd.top_k=9") == [
+        "--set: ssd.top_k: must be in 1..ssd.num_experts (8), got 9"
+    ]
 
 
 def test_method_sections_load_and_default_off() -> None:

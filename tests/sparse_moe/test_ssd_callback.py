@@ -107,7 +107,7 @@ def test_checkpoint_round_trip_resumes_sparse_phase_bit_identically():
 
 
 def test_bad_config_and_model():
-    with pytest.raises(MoEError, match=r"top_k must be between 1 and num_experts \(8\), got 9"):
+    with pytest.raises(MoEError, match=r"ssd.top_k: must be in 1..ssd.num_experts \(8\), got 9"):
         SSDConfig(num_experts=8, top_k=9)
     with pytest.raises(MoEError, match="ssd.stability_metric: 'nmi' is not one of"):
         SSDConfig(num_experts=8, top_k=2, stability_metric="nmi")

@@ -120,3 +120,43 @@ def test_retaining_heads_train_only_heads_and_write_file(tmp_path, ds_world):
     loaded = load_heads(fresh, tmp_path / "run" / "heads.safetensors")
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, after[f"{HEADS_ATTR}.{key}"]), key
+
+
+def test_method_registry_order_and_lookup(tmp_path, monkeypatch):
+    from densa.config.schema import RetainingHeadsSection, SSDConfig
+    from densa.errors import DensaError
+    from densa.train import methods
+
+    assert list(methods.METHODS) == [
+        "ssd.enabled",
+        "sparsity.track_interval",
+        "sparsity.prosparse.enabled",
+        "retaining_heads.enabled",
+    ]
+    prosparse = ProSparseSection(
+        enabled=True, activation="fatrelu", fatrelu_threshold=0.1, l1_stages=((2, 1.0),)
+    )
+    cfg = tiny_cfg(tmp_path, sparsity=SparsitySection(track_interval=2, prosparse=prosparse))
+    cfg = replace(cfg, "ssd", enabled=True, num_experts=4, top_k=2)
+    names = [cb.name for cb in methods.method_callbacks(cfg, grad_accum=2)]
+    assert names == ["ssd", "ActivationRatioCallback", "fatrelu", "ActivationL1Callback"]
+    assert (
+        methods.method_callbacks(tiny_cfg(tmp_path), 1) == []
+        and methods.method_loss(tiny_cfg(tmp_path)) is None
+    )
+    assert isinstance(cfg.ssd, SSDConfig)  # the section is the callback's config, passed as is
+
+    # A registered method plugs in without touching run.py; two losses at once are refused.
+    extra = methods.Method("extra.enabled", lambda c: True, loss=lambda c: "extra-loss")
+    monkeypatch.setitem(methods.METHODS, extra.name, extra)
+    assert methods.method_loss(tiny_cfg(tmp_path)) == "extra-loss"
+    heads_cfg = tiny_cfg(tmp_path, retaining_heads=RetainingHeadsSection(enabled=True))
+    try:
+        methods.method_loss(heads_cfg)
+    except DensaError as err:
+        assert str(err) == (
+            "at most one method may replace the training loss; these all do:"
+            " retaining_heads.enabled, extra.enabled"
+        )
+    else:
+        raise AssertionError("two losses were accepted")
