@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from densa.errors import DensaError
+from densa.inference.model_card import LOCAL_PATH
 from densa.outputs import MARKER
 
 
@@ -53,13 +54,43 @@ def plan_upload(folder: str | os.PathLike, repo_id: str, private: bool = False) 
 
 
 def find_token() -> str | None:
-    """HF_TOKEN, else the token `huggingface-cli login` stored (read locally, no network)."""
+    """HF_TOKEN, else the token `hf auth login` stored (read locally, no network)."""
     token = os.environ.get("HF_TOKEN")
     if token:
         return token
     from huggingface_hub import get_token
 
     return get_token()
+
+
+def card_local_paths(folder: str | os.PathLike) -> list[str]:
+    """`README.md:LINE: PATH` for every absolute local path in the model card (none may go to the Hub:
+    they mean nothing there and tell the world how this machine is laid out)."""
+    card = Path(folder) / "README.md"
+    if not card.is_file():
+        return []
+    found = []
+    for n, line in enumerate(card.read_text(encoding="utf-8").splitlines(), 1):
+        found += [f"README.md:{n}: {m.group(0)}" for m in LOCAL_PATH.finditer(line)]
+    return found
+
+
+def _hub_error(err: Exception, repo_id: str) -> DensaError | None:
+    """A DensaError for what the Hub said (or that it could not be reached); None for anything else."""
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if status in (401, 403):
+        return DensaError(
+            f"the Hugging Face Hub refused the token for {repo_id} (HTTP {status}): log in again with"
+            " `hf auth login` (or set HF_TOKEN to a token with write access)"
+        )
+    network = type(err).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
+    if network or isinstance(err, (OSError, ConnectionError)):
+        return DensaError(
+            f"could not reach the Hugging Face Hub to upload {repo_id} (offline?): {err}. Nothing was"
+            " pushed; run the same command again when online (`densa export DIR --push-to-hub REPO`"
+            " uploads an already exported DIR without exporting again)"
+        )
+    return None
 
 
 def push_to_hub(
@@ -74,24 +105,37 @@ def push_to_hub(
 ) -> UploadPlan:
     """Create the repo (if missing) and upload every file of `folder`; with `dry_run`, only plan."""
     plan = plan_upload(folder, repo_id, private)
+    local = card_local_paths(plan.folder)
+    if local:
+        raise DensaError(
+            f"{plan.folder}: the model card names local paths, which must not be published:\n  "
+            + "\n  ".join(local)
+            + "\nre-export with the current densa (its cards name no local paths) or edit README.md"
+        )
     if dry_run:
         return plan
     token = token or find_token()
     if not token:
         raise DensaError(
-            "no Hugging Face token: set HF_TOKEN or run `huggingface-cli login` (or use --dry-run)"
+            "no Hugging Face token: set HF_TOKEN or log in with `hf auth login` (or use --dry-run)"
         )
     if api is None:
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-    api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True, token=token)
-    api.upload_folder(
-        repo_id=repo_id,
-        repo_type="model",
-        folder_path=str(plan.folder),
-        commit_message=commit_message,
-        token=token,
-        ignore_patterns=[MARKER],  # densa's own bookkeeping (densa.outputs), not part of the model
-    )
+    try:
+        api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True, token=token)
+        api.upload_folder(
+            repo_id=repo_id,
+            repo_type="model",
+            folder_path=str(plan.folder),
+            commit_message=commit_message,
+            token=token,
+            ignore_patterns=[MARKER],  # densa's own bookkeeping (densa.outputs), not part of the model
+        )
+    except Exception as err:
+        hub_err = _hub_error(err, repo_id)
+        if hub_err is None:
+            raise
+        raise hub_err from err
     return plan

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,16 @@ class CardInputs:
     """The predictors file's metadata (predictors.safetensors): rank, held-out metrics per layer."""
     remote_code: bool = False
     extra_tags: list[str] = field(default_factory=list)
+
+
+# An absolute local path in text: /a/b, ~/a or C:\\a, not part of a URL (https://host/...) or of a relative
+# path (a/b). The card goes to the Hub: such paths mean nothing there and describe this machine.
+LOCAL_PATH = re.compile(r"(?<![\w:/.~-])(?:~/|/(?!/)|[A-Za-z]:\\)[\w.-]+(?:[/\\][\w.-]+)+")
+
+
+def hide_local_paths(text: str) -> str:
+    """`text` with each absolute local path replaced by `<local>/NAME` (NAME: its last component)."""
+    return LOCAL_PATH.sub(lambda m: "<local>/" + re.split(r"[/\\]", m.group(0))[-1], text)
 
 
 def last_metrics(path: str | os.PathLike, max_step: int | None = None) -> dict[str, Any]:
@@ -133,7 +144,9 @@ def build_model_card(inputs: CardInputs) -> str:
         lines.append(f"| parameters | {params:,} |")
     lines += ["", "## Training recipe", ""]
     lines += (
-        ["```yaml", inputs.recipe_text.rstrip(), "```"] if inputs.recipe_text else ["No recipe recorded."]
+        ["```yaml", hide_local_paths(inputs.recipe_text.rstrip()), "```"]
+        if inputs.recipe_text
+        else ["No recipe recorded."]
     )
     lines += ["", "## Data", ""]
     if inputs.data:
@@ -141,8 +154,9 @@ def build_model_card(inputs: CardInputs) -> str:
         for row in inputs.data:
             sources = ", ".join(row.get("sources") or []) or "manifest not found"
             docs, toks = row.get("documents"), row.get("tokens")
+            path = hide_local_paths(str(row["path"]))
             lines.append(
-                f"| {row['split']} | {row['path']} | {sources} | {docs if docs is not None else 'n/a'} "
+                f"| {row['split']} | {path} | {sources} | {docs if docs is not None else 'n/a'} "
                 f"| {toks if toks is not None else 'n/a'} |"
             )
     else:

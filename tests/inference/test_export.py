@@ -11,6 +11,7 @@ import yaml
 
 from densa.errors import CheckpointError, DensaError
 from densa.inference import GenerationConfig, InferenceEngine, push_to_hub
+from densa.inference.model_card import hide_local_paths
 from densa.launch.cli import main
 
 
@@ -35,7 +36,9 @@ def test_model_card_contents(exported, run_dir):
     meta, body = front_matter((exported / "README.md").read_text())
     assert meta["library_name"] == "transformers" and meta["license"] == "apache-2.0"
     assert {"densa", "relu", "activation-sparsity", "custom_code"} <= set(meta["tags"])
-    assert (run_dir / "recipe.yaml").read_text().strip() in body  # recipe verbatim
+    recipe = (run_dir / "recipe.yaml").read_text().strip()
+    assert hide_local_paths(recipe) in body  # the recipe, local absolute paths shown as <local>/NAME
+    assert f"out_dir: <local>/{run_dir.name}" in body and str(run_dir) not in body
     assert "| train | data/train | corpus.txt | 7 | 1234 |" in body  # manifest sources, docs, tokens
     assert "| train loss (last) | 3.8750 | 4 |" in body
     assert "| validation loss | 3.5000 | 4 |" in body and "| validation perplexity | 33.115 | 4 |" in body

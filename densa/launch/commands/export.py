@@ -1,4 +1,5 @@
-"""`densa export RUN_DIR|CHECKPOINT --out DIR`: HF folder + tokenizer + model card; optional Hub push."""
+"""`densa export RUN_DIR|CHECKPOINT --out DIR`: HF folder + tokenizer + model card; optional Hub push.
+`densa export HF_DIR --push-to-hub REPO` (no --out) uploads a folder exported before, as it is."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ def register(subparsers) -> None:
         description="Write safetensors, config, generation config, tokenizer (the recipe's data.tokenizer), "
         "README.md model card (recipe, data, metrics, sparsity) and remote code for variants HF lacks.",
     )
-    p.add_argument("source", help="run dir, RUN/checkpoints/step_N, densa model folder or HF folder")
-    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument(
+        "source",
+        help="run dir, RUN/checkpoints/step_N, densa model folder or HF folder; with --push-to-hub and no"
+        " --out, an exported HF folder to upload as it is",
+    )
+    p.add_argument(
+        "--out", default=None, help="output folder (written atomically); required unless only pushing"
+    )
     p.add_argument("--step", type=int, default=None, help="checkpoint step of a run dir (default: newest)")
     p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: as stored)")
     p.add_argument("--tokenizer", default=None, help="default: the recipe's data.tokenizer")
@@ -29,7 +36,13 @@ def register(subparsers) -> None:
         " model trained from scratch)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload --out to this Hub repo")
+    p.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        default=None,
+        help="upload --out (or, without --out, the exported source folder) to this Hub repo (USER/NAME);"
+        " needs `hf auth login` or HF_TOKEN",
+    )
     p.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
     p.set_defaults(handler=_export)
@@ -84,13 +97,19 @@ def _export(args: argparse.Namespace) -> int:
     import yaml
 
     from densa.errors import CheckpointError
-    from densa.inference import parse_dtype, push_to_hub
+    from densa.inference import parse_dtype
     from densa.outputs import check_destination, check_replaceable
     from densa.train.export import export_run, side_files
     from densa.train.finetune import load_weights
 
     if args.dry_run and not args.push_to_hub:
         raise CheckpointError("--dry-run only applies to --push-to-hub")
+    if args.out is None:
+        if not args.push_to_hub:
+            raise CheckpointError(
+                "--out is required (to upload a folder exported before: densa export DIR --push-to-hub REPO)"
+            )
+        return _push(Path(args.source), args)
     folder, run = _resolve(Path(args.source), args.step)
     recipe_file = _first(folder / "recipe.yaml", run / "recipe.yaml" if run else None)
     recipe_text = recipe_file.read_text(encoding="utf-8") if recipe_file else None
@@ -126,7 +145,23 @@ def _export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(f"exported {folder} -> {out}" + ("" if tokenizer else " (no tokenizer found; pass --tokenizer)"))
-    if args.push_to_hub:
-        plan = push_to_hub(out, args.push_to_hub, private=args.private, dry_run=args.dry_run)
-        print(plan.describe() if args.dry_run else f"uploaded {len(plan.files)} files to {plan.repo_id}")
+    return _push(out, args) if args.push_to_hub else 0
+
+
+def _push(folder: Path, args: argparse.Namespace) -> int:
+    """Upload an exported HF folder as it is (the card is checked for local paths first)."""
+    from densa.errors import CheckpointError
+    from densa.inference import push_to_hub
+
+    if not (folder / "config.json").is_file() or (folder / "checkpoints").is_dir():
+        raise CheckpointError(
+            f"{folder}: not an exported HF folder (no config.json); export it first:"
+            f" densa export {folder} --out DIR --push-to-hub {args.push_to_hub}"
+        )
+    plan = push_to_hub(folder, args.push_to_hub, private=args.private, dry_run=args.dry_run)
+    print(
+        plan.describe()
+        if args.dry_run
+        else f"uploaded {len(plan.files)} files from {folder} to {plan.repo_id}"
+    )
     return 0
