@@ -111,7 +111,11 @@ def replace_problem(path: str | os.PathLike, overwrite: bool, *, name: str = "--
     if p.is_dir() and is_densa_output(p):
         if overwrite:
             return None
-        return f"{p} already exists and is not empty (pass --overwrite to replace it)"
+        # A CLI flag or argument name ("--out", "DST") gets the flag; a Python caller the keyword too.
+        how = (
+            "--overwrite" if name.startswith("--") or name.isupper() else "overwrite=True (CLI: --overwrite)"
+        )
+        return f"{p} already exists and is not empty (pass {how} to replace it)"
     return (
         f"{p} exists and was not written by densa (no {MARKER} marker; folders from densa 0.1.0 and earlier"
         f" have none); refusing to replace it. Choose another {name} or remove it yourself"

@@ -150,8 +150,10 @@ def get_heads(model: nn.Module) -> RetainingHeads:
     heads = getattr(model, HEADS_ATTR, None)
     if not isinstance(heads, RetainingHeads):
         raise RetainingHeadsError(
-            f"{type(model).__name__} has no retaining heads: attach them with "
-            "densa.retaining_heads.attach_heads(model) (and train them) or load_heads(model, path)"
+            f"{type(model).__name__} has no retaining heads: train them with a `retaining_heads:` recipe"
+            " (densa train, see docs/locret.md) and give the heads file (densa generate --heads FILE);"
+            " from Python: densa.retaining_heads.load_heads(model, path), or attach_heads(model) and train"
+            " them"
         )
     return heads
 

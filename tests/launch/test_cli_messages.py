@@ -1,0 +1,38 @@
+"""Error messages in the user's terms: the CLI flag or recipe key, and the Python keyword for Python users."""
+
+from __future__ import annotations
+
+import pytest
+
+from densa.errors import DensaError
+from densa.outputs import check_replaceable, write_marker
+
+
+def test_overwrite_message_names_flag_or_keyword(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "x").write_text("1")
+    write_marker(folder, "hf")
+    with pytest.raises(DensaError) as cli:
+        check_replaceable(folder, False)  # name="--out": a CLI caller
+    assert str(cli.value) == f"{folder} already exists and is not empty (pass --overwrite to replace it)"
+    with pytest.raises(DensaError) as py:
+        check_replaceable(folder, False, name="output folder")  # densa.models.checkpoint_io.atomic_dir
+    assert str(py.value) == (
+        f"{folder} already exists and is not empty (pass overwrite=True (CLI: --overwrite) to replace it)"
+    )
+
+
+def test_missing_heads_names_recipe_and_flag():
+    from densa.models.config import ModelConfig
+    from densa.models.transformer import Transformer
+    from densa.retaining_heads.heads import get_heads
+
+    model = Transformer(ModelConfig(vocab_size=32, dim=16, n_layers=1, n_heads=2, ffn_dim=32, max_seq_len=8))
+    with pytest.raises(DensaError) as err:
+        get_heads(model)
+    assert str(err.value) == (
+        "Transformer has no retaining heads: train them with a `retaining_heads:` recipe (densa train, see"
+        " docs/locret.md) and give the heads file (densa generate --heads FILE); from Python:"
+        " densa.retaining_heads.load_heads(model, path), or attach_heads(model) and train them"
+    )
