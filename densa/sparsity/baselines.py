@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from densa.sparsity.apply import ActivationCounter
-from densa.sparsity.calibration import eval_loss
+from densa.sparsity.calibration import eval_loss, log
 from densa.sparsity.errors import SparsityError
 from densa.sparsity.layers import ffn_layers
 from densa.sparsity.ppl import bisect_ppl, check_p
@@ -104,6 +104,7 @@ def baseline_ppl_p(
         with ctx as counter:
             loss = eval_loss(model, seqs, batch_size)
         s = counter.sparsity()
+        log.info("%s %.4g: ppl %.4g, sparsity %.1f%%", method, knob, math.exp(loss), 100 * sum(s) / len(s))
         return math.exp(loss), sum(s) / len(s)
 
     if method == "topk":  # keeping more (larger k) lowers perplexity

@@ -6,6 +6,7 @@ the next token at every position, so a sequence contributes exactly seq_len pred
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,10 @@ from torch import nn
 
 from densa.sparsity.errors import CalibrationDataError
 from densa.sparsity.layers import ffn_layers, unwrap
+
+# Progress of the long passes (one INFO line per batch, per evaluated threshold, per layer); silent unless
+# a handler is attached, as `densa sparsity` does (stderr).
+log = logging.getLogger("densa.sparsity")
 
 
 def make_sequences(tokens: torch.Tensor, seq_len: int, num_tokens: int) -> torch.Tensor:
@@ -47,8 +52,10 @@ def check_sequences(seqs: torch.Tensor, model: nn.Module | None = None) -> torch
     return seqs.long()
 
 
-def _batches(seqs: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    for start in range(0, seqs.shape[0], batch_size):
+def _batches(seqs: torch.Tensor, batch_size: int, what: str = "forward") -> Iterator[torch.Tensor]:
+    n = math.ceil(seqs.shape[0] / batch_size)
+    for i, start in enumerate(range(0, seqs.shape[0], batch_size)):
+        log.info("%s: batch %d/%d", what, i + 1, n)
         yield seqs[start : start + batch_size]
 
 
@@ -65,7 +72,7 @@ def eval_loss(model: nn.Module, seqs: torch.Tensor, batch_size: int = 8) -> floa
     model.eval()
     total, count = 0.0, 0
     try:
-        for batch in _batches(seqs, batch_size):
+        for batch in _batches(seqs, batch_size, "perplexity"):
             batch = batch.to(device)
             logits = model(batch[:, :-1]).float()
             loss = F.cross_entropy(
@@ -133,7 +140,7 @@ def collect_ffn(
     was_training, device = model.training, _device(model)
     model.eval()
     try:
-        for b, batch in enumerate(_batches(seqs, batch_size)):
+        for b, batch in enumerate(_batches(seqs, batch_size, "FFN activations")):
             lo = b * batch_size * seq_len
             hi = lo + batch.shape[0] * seq_len
             sel = keep[(keep >= lo) & (keep < hi)]

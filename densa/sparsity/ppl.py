@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from densa.sparsity.apply import sparsify
-from densa.sparsity.calibration import collect_ffn, eval_loss
+from densa.sparsity.calibration import collect_ffn, eval_loss, log
 from densa.sparsity.cett import LayerCETT
 from densa.sparsity.errors import SparsityError
 from densa.sparsity.layers import ffn_layers
@@ -90,8 +90,11 @@ class CETTSearch:
         self.model, self.seqs, self.batch_size = model, seqs, batch_size
         self.layers = ffn_layers(model)
         records = collect_ffn(model, seqs, max_tokens=max_cett_tokens, batch_size=batch_size, seed=seed)
-        self.cetts = [LayerCETT(a, layer.down_weight) for a, layer in zip(records.acts, self.layers)]
-        self.candidates = [c.candidates(num_candidates, seed=seed) for c in self.cetts]
+        self.cetts, self.candidates = [], []
+        for i, (a, layer) in enumerate(zip(records.acts, self.layers)):
+            log.info("CETT candidates: layer %d/%d", i + 1, len(self.layers))
+            self.cetts.append(LayerCETT(a, layer.down_weight))
+            self.candidates.append(self.cetts[-1].candidates(num_candidates, seed=seed))
         self.loss_dense = eval_loss(model, seqs, batch_size)
         self._evaluated: dict[float, tuple[float, list[float]]] = {}
 
@@ -110,6 +113,15 @@ class CETTSearch:
             with sparsify(self.model, ts) as counter:
                 loss = eval_loss(self.model, self.seqs, self.batch_size)
             self._evaluated[target] = (math.exp(loss), counter.sparsity())
+            ppl, per_layer = self._evaluated[target]
+            log.info(
+                "CETT %.4f: ppl %.4g (dense %.4g, %+.2f%%), sparsity %.1f%%",
+                target,
+                ppl,
+                self.ppl_dense,
+                100 * (ppl / self.ppl_dense - 1),
+                100 * sum(per_layer) / len(per_layer),
+            )
         return self._evaluated[target]
 
     def point(self, target: float) -> tuple[float, float]:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from densa.sparsity.apply import neuron_thresholds
-from densa.sparsity.calibration import collect_ffn
+from densa.sparsity.calibration import collect_ffn, log
 
 
 class LowRankPredictor(nn.Module):
@@ -161,6 +161,7 @@ def fit_predictors(
     predictors, metrics = [], []
     for j, (x, a) in enumerate(zip(records.inputs, records.acts)):
         thr = per_neuron[j] if per_neuron is not None else 0.0
+        log.info("predictor: layer %d/%d", j + 1, len(records.acts))
         predictor, m = train_predictor(x, a.abs() > thr, rank, seed=seed, layer=j, **train_kwargs)
         predictors.append(predictor)
         metrics.append(m)

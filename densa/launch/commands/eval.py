@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 
 def register(subparsers) -> None:
@@ -62,6 +63,7 @@ def _handler(args) -> int:
         collate([dataset[i] for i in range(s, min(s + args.batch_size, count))])
         for s in range(0, count, args.batch_size)
     ]
+    print(f"densa eval: {count} sequences in {len(batches)} batches", file=sys.stderr, flush=True)
     metrics = evaluate_model(model, batches, prefix="eval")
     print(
         json.dumps(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers) -> None:
@@ -38,6 +39,7 @@ def _moefy(args: argparse.Namespace) -> int:
     config, state = load_dense_state(args.checkpoint)
     model = build_transformer(config, state)
     top_k = args.top_k if args.top_k is not None else max(1, args.experts // 4)
+    _progress(f"clustering {config.n_layers} layers into {args.experts} experts ({args.method})")
     layouts = moefy(model, args.experts, top_k, method=args.method, router=args.router, seed=args.seed)
     out = save_moe(args.out, model, layouts, router=args.router, method=args.method, overwrite=args.overwrite)
     print(
@@ -47,9 +49,15 @@ def _moefy(args: argparse.Namespace) -> int:
     if args.eval:
         sequences = _eval_sequences(args.eval, args.eval_tokens, args.seq_len)
         ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, top_k, args.experts) if k <= args.experts})
-        for k, ppl in perplexity_vs_top_k(model, sequences, ks).items():
-            print(f"top-{k:<4d} k/E {k / args.experts:.3f}  ppl {ppl:.4f}")
+        for k in ks:  # one k at a time: each line appears when its pass is done
+            _progress(f"perplexity at top-{k} ({len(sequences)} batches)")
+            ppl = perplexity_vs_top_k(model, sequences, [k])[k]
+            print(f"top-{k:<4d} k/E {k / args.experts:.3f}  ppl {ppl:.4f}", flush=True)
     return 0
+
+
+def _progress(message: str) -> None:
+    print(f"densa moefy: {message}", file=sys.stderr, flush=True)
 
 
 def _sources(args: argparse.Namespace) -> list:

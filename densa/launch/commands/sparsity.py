@@ -34,6 +34,7 @@ def register(subparsers) -> None:
     m.add_argument("--tol", type=float, default=0.05, help="ratio tolerance, relative to p/100")
     m.add_argument("--batch-size", type=int, default=8)
     m.add_argument("--out", default="sparsity_report", help="output folder")
+    m.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     m.set_defaults(handler=_measure)
     pr = sub.add_parser(
         "predictors", help="train per-layer low-rank predictors of active FFN neurons (Deja Vu)"
@@ -59,7 +60,32 @@ def register(subparsers) -> None:
     pr.add_argument("--val-fraction", type=float, default=0.05, help="held out for the reported metrics")
     pr.add_argument("--batch-size", type=int, default=8, help="sequences per forward when collecting inputs")
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     pr.set_defaults(handler=_predictors)
+
+
+def _progress_to_stderr(quiet: bool) -> None:
+    """Show densa.sparsity's progress lines (batches, thresholds tried, layers) on stderr: these commands
+    run for minutes on a real model."""
+    import logging
+    import sys
+
+    from densa.sparsity.calibration import log
+
+    class ToStderr(logging.Handler):  # looks sys.stderr up per line (it may be replaced, e.g. by pytest)
+        densa_progress = True
+
+        def emit(self, record: logging.LogRecord) -> None:
+            print(self.format(record), file=sys.stderr, flush=True)
+
+    for handler in [h for h in log.handlers if getattr(h, "densa_progress", False)]:
+        log.removeHandler(handler)  # an earlier command in this process (tests) added one
+    if quiet:
+        return
+    handler = ToStderr()
+    handler.setFormatter(logging.Formatter("densa sparsity: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def _load_model(path: str):
@@ -109,6 +135,7 @@ def _measure(args: argparse.Namespace) -> int:
     from densa.sparsity.ppl import check_p
 
     check_p(args.ppl_p)  # fail before loading anything
+    _progress_to_stderr(args.quiet)
     model = _load_model(args.model)
     need = math.ceil(args.num_tokens / args.seq_len) * (args.seq_len + 1)
     seqs = make_sequences(_load_tokens(args, need), args.seq_len, args.num_tokens)
@@ -196,6 +223,7 @@ def _predictors(args: argparse.Namespace) -> int:
         raise DensaError("need --epochs >= 1 and 0 < --val-fraction < 1")
     thresholds = parse_thresholds(args.thresholds, "--thresholds") if args.thresholds else None
     _check_predictor_outputs(args.out)  # before the minutes of fitting
+    _progress_to_stderr(args.quiet)
     model = _load_model(args.model)
     n_layers = model.config.n_layers
     if thresholds is not None and len(thresholds) != n_layers:
