@@ -1,4 +1,5 @@
-"""Shared helpers for benchmark scripts: machine description, interleaved timing, result files."""
+"""Shared setup of the benchmark scripts: machine description, interleaved timing, result files, and the
+quickstart data most of them measure on (paths relative to the repository root, which they run from)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,47 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 RESULTS_DIR = Path(__file__).parent / "results"
+
+QUICKSTART_DATA = "runs/quickstart/data"
+"""Prefix folder of `make quickstart`'s tokenized corpus: QUICKSTART_DATA/train and QUICKSTART_DATA/valid."""
+QUICKSTART_TOKENIZER = "runs/quickstart/tokenizer/tokenizer.model"
+"""The SentencePiece model those prefixes were tokenized with."""
+
+
+def ensure_quickstart_data(cfg: Any, corpus: str | None = None) -> None:
+    """Build the quickstart tokenizer and train/valid prefixes with the quickstart pipeline when absent.
+
+    `cfg`: a RunConfig whose data section names them (the pipeline reads its data and tokenizer keys)."""
+    from densa.data.manifest import manifest_path
+
+    prefixes = (f"{QUICKSTART_DATA}/{split}" for split in ("train", "valid"))
+    if Path(QUICKSTART_TOKENIZER).exists() and all(manifest_path(p).exists() for p in prefixes):
+        return
+    from densa.data.fetch import fetch_corpus
+    from densa.launch.quickstart import CORPUS, prepare_data
+
+    prepare_data(cfg, fetch_corpus(corpus or CORPUS))
+
+
+def dataset_tokens(prefix: str | Path, need: int = 0) -> torch.Tensor:
+    """Every token of an indexed dataset (`PREFIX.bin/.idx`), documents concatenated, as int64; exits with
+    a message naming `make quickstart` when it is missing or holds fewer than `need` tokens."""
+    import numpy as np
+
+    from densa.data.indexed import IndexedDataset, data_paths
+
+    if not all(p.exists() for p in data_paths(str(prefix))):
+        raise SystemExit(f"{prefix} not found: run `make quickstart` first")
+    ds = IndexedDataset(str(prefix))
+    tokens = torch.from_numpy(np.concatenate([ds[i].astype(np.int64) for i in range(len(ds))]))
+    if tokens.numel() < need:
+        raise SystemExit(f"{prefix} has {tokens.numel()} tokens, {need} needed")
+    return tokens
 
 
 def machine_info() -> dict:

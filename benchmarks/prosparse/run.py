@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info, write_results  # noqa: E402
+from benchmarks.common import QUICKSTART_DATA, dataset_tokens, machine_info, write_results  # noqa: E402
 from densa.models.hf.importer import load_hf_model  # noqa: E402
 from densa.sparsity import count_active, eval_loss, make_sequences  # noqa: E402
 from densa.sparsity.prosparse import swap_activation  # noqa: E402
@@ -43,7 +42,7 @@ from densa.sparsity.prosparse import swap_activation  # noqa: E402
 NAME = "prosparse"
 SOURCE_RUN = "runs/sparsing_law/full/swiglu"
 RECIPE = "recipes/prosparse_tiny.yaml"
-VALID = "runs/quickstart/data/valid"
+VALID = f"{QUICKSTART_DATA}/valid"
 
 
 @dataclass(frozen=True)
@@ -93,11 +92,7 @@ def finetune_recipe(s: Setup, swiglu_hf: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def valid_sequences(s: Setup) -> torch.Tensor:
-    from densa.data.indexed import IndexedDataset
-
-    ds = IndexedDataset(str(ROOT / VALID))
-    tokens = torch.from_numpy(np.concatenate([ds[i].astype(np.int64) for i in range(len(ds))]))
-    return make_sequences(tokens, s.seq_len, s.num_tokens)
+    return make_sequences(dataset_tokens(ROOT / VALID), s.seq_len, s.num_tokens)
 
 
 def zero_fraction(model: torch.nn.Module, seqs: torch.Tensor) -> tuple[float, float, list[float]]:

@@ -48,7 +48,15 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info, median, time_interleaved, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    QUICKSTART_DATA,
+    QUICKSTART_TOKENIZER,
+    dataset_tokens,
+    machine_info,
+    median,
+    time_interleaved,
+    write_results,
+)
 from densa.config.load import load_recipe  # noqa: E402
 from densa.inference import GenerationConfig, InferenceEngine  # noqa: E402
 from densa.kernels import SparseFFNWeights, native_cpu, sparse_ffn, sparse_ffn_reference  # noqa: E402
@@ -58,8 +66,7 @@ from densa.sparsity import LowRankPredictor, make_sequences, ppl_p_sparsity  # n
 from densa.train.checkpoint import checkpoint_weights, complete_checkpoints  # noqa: E402
 
 NAME = "sparse_decode"
-DATA = "runs/quickstart/data"
-TOKENIZER = "runs/quickstart/tokenizer/tokenizer.model"
+DATA, TOKENIZER = QUICKSTART_DATA, QUICKSTART_TOKENIZER  # benchmarks.common: the quickstart data
 SPARSING_LAW_RUNS = {"relu": "runs/sparsing_law/full/relu", "relu2": "runs/sparsing_law/full/relu2"}
 LABELS = {"relu": "ReLU", "relu2": "ReLU²"}
 KINDS = ("exact", "ppl1", "pred")
@@ -171,17 +178,6 @@ def load_models(s: Setup, quick: bool, own: bool) -> dict[str, tuple[Transformer
         if model is not None:
             models[variant] = (model, path)
     return models or {"relu2": train_fallback(s, quick)}
-
-
-def valid_tokens() -> torch.Tensor:
-    import numpy as np
-
-    from densa.data.indexed import IndexedDataset
-
-    if not Path(f"{DATA}/valid.idx").exists():
-        raise SystemExit(f"{DATA}/valid not found: run `make quickstart` first")
-    ds = IndexedDataset(f"{DATA}/valid")
-    return torch.from_numpy(np.concatenate([ds[i].astype(np.int64) for i in range(len(ds))]))
 
 
 # ------------------------------------------------------------------------------------------- decode
@@ -613,7 +609,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     s = QUICK if args.quick else FULL
     started = time.perf_counter()
-    tokens = valid_tokens()
+    tokens = dataset_tokens(f"{DATA}/valid")
     models = load_models(s, args.quick, args.own_model)
     results = [measure_model(v, m, src, s, tokens) for v, (m, src) in models.items()]
     big = []

@@ -37,7 +37,15 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS_DIR, machine_info, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    QUICKSTART_DATA,
+    QUICKSTART_TOKENIZER,
+    RESULTS_DIR,
+    dataset_tokens,
+    ensure_quickstart_data,
+    machine_info,
+    write_results,
+)
 from densa.config.load import load_recipe_dict  # noqa: E402
 from densa.config.schema import RunConfig  # noqa: E402
 from densa.models.checkpoint_io import build_transformer  # noqa: E402
@@ -58,8 +66,7 @@ from densa.train.callbacks import Callback  # noqa: E402
 from densa.train.checkpoint import checkpoint_weights, complete_checkpoints  # noqa: E402
 
 NAME = "sparsing_law"
-DATA = "runs/quickstart/data"
-TOKENIZER = "runs/quickstart/tokenizer/tokenizer.model"
+DATA, TOKENIZER = QUICKSTART_DATA, QUICKSTART_TOKENIZER  # benchmarks.common: the quickstart data
 VOCAB = 4096
 VARIANTS: dict[str, tuple[str, bool]] = {  # name -> (activation, gated)
     "relu": ("relu", False),
@@ -157,27 +164,7 @@ QUICK = Setup(
 
 def ensure_data() -> None:
     """The quickstart tokenizer and train/valid prefixes, created by the quickstart pipeline when absent."""
-    from densa.data.manifest import manifest_path
-
-    if Path(TOKENIZER).exists() and all(manifest_path(f"{DATA}/{s}").exists() for s in ("train", "valid")):
-        return
-    from densa.data.fetch import fetch_corpus
-    from densa.launch.quickstart import CORPUS, prepare_data
-
-    prepare_data(make_config(FULL, "swiglu", Path("runs/sparsing_law/prepare")), fetch_corpus(CORPUS))
-
-
-def valid_tokens(need: int) -> torch.Tensor:
-    import numpy as np
-
-    from densa.data.indexed import IndexedDataset
-
-    ds = IndexedDataset(f"{DATA}/valid")
-    parts = [ds[i].astype(np.int64) for i in range(len(ds))]
-    tokens = torch.from_numpy(np.concatenate(parts))
-    if tokens.numel() < need:
-        raise SystemExit(f"{DATA}/valid has {tokens.numel()} tokens, {need} needed")
-    return tokens
+    ensure_quickstart_data(make_config(FULL, "swiglu", Path("runs/sparsing_law/prepare")))
 
 
 @dataclass
@@ -192,7 +179,7 @@ def calibration(s: Setup) -> Calibration:
     """Disjoint windows of the held-out play: PPL-1%, predictor training, test, repeat PPL-1%."""
     sizes = [s.calib_tokens, s.predictor_tokens, s.test_tokens, s.calib_tokens]
     per = [math.ceil(n / s.seq_len) * (s.seq_len + 1) for n in sizes]
-    tokens = valid_tokens(sum(per))
+    tokens = dataset_tokens(f"{DATA}/valid", sum(per))
     out, start = [], 0
     for n, p in zip(sizes, per):
         out.append(make_sequences(tokens[start : start + p], s.seq_len, n))

@@ -44,7 +44,16 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS_DIR, machine_info, time_interleaved, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    QUICKSTART_DATA,
+    QUICKSTART_TOKENIZER,
+    RESULTS_DIR,
+    dataset_tokens,
+    ensure_quickstart_data,
+    machine_info,
+    time_interleaved,
+    write_results,
+)
 from densa.config.load import dump_recipe, load_recipe  # noqa: E402
 from densa.config.schema import RunConfig  # noqa: E402
 from densa.models.checkpoint_io import build_transformer  # noqa: E402
@@ -55,8 +64,7 @@ from densa.train.checkpoint import checkpoint_weights, complete_checkpoints  # n
 
 NAME = "ssd"
 RECIPE = "recipes/ssd_10m.yaml"
-DATA = "runs/quickstart/data"
-TOKENIZER = "runs/quickstart/tokenizer/tokenizer.model"
+DATA, TOKENIZER = QUICKSTART_DATA, QUICKSTART_TOKENIZER  # benchmarks.common: the quickstart data
 GOALS = {"val_loss_gap": 0.01, "ffn_compute_ratio": 1.3, "inference_ffn_speedup": 1.8}
 
 
@@ -192,26 +200,9 @@ def make_config(s: Setup, variant: str, run_dir: Path, resume: str = "none") -> 
     return load_recipe(RECIPE, overrides(s, variant, run_dir, resume))
 
 
-def ensure_data(cfg: RunConfig) -> None:
-    """The quickstart tokenizer and train/valid prefixes, created by the quickstart pipeline when absent."""
-    from densa.data.manifest import manifest_path
-
-    if Path(TOKENIZER).exists() and all(manifest_path(f"{DATA}/{x}").exists() for x in ("train", "valid")):
-        return
-    from densa.data.fetch import fetch_corpus
-    from densa.launch.quickstart import prepare_data
-
-    prepare_data(cfg, fetch_corpus("shakespeare"))
-
-
 def valid_sequences(seq_len: int, tokens: int) -> torch.Tensor:
     """[n, seq_len + 1] non-overlapping windows of the held-out play (at most `tokens` predicted tokens)."""
-    import numpy as np
-
-    from densa.data.indexed import IndexedDataset
-
-    ds = IndexedDataset(f"{DATA}/valid")
-    flat = torch.from_numpy(np.concatenate([ds[i].astype(np.int64) for i in range(len(ds))]))
+    flat = dataset_tokens(f"{DATA}/valid")
     n = min(tokens // seq_len, flat.numel() // (seq_len + 1))
     return flat[: n * (seq_len + 1)].view(n, seq_len + 1)
 
@@ -1116,7 +1107,7 @@ def main() -> None:
         s = dataclasses.replace(s, steps=args.steps)
     mode = "quick" if args.quick else "full"
     base = Path(f"runs/{NAME}_bench/{mode}")
-    ensure_data(make_config(s, "dense", base / "dense"))
+    ensure_quickstart_data(make_config(s, "dense", base / "dense"))
     if args.probe:
         probe(s, args.probe)
         return
