@@ -37,6 +37,25 @@ def ensure_quickstart_data(cfg: Any, corpus: str | None = None) -> None:
     prepare_data(cfg, fetch_corpus(corpus or CORPUS))
 
 
+def reuse_or_reset_run(cfg: Any, run_dir: Path, trace_name: str, label: str, retrain: bool = False) -> Any:
+    """The JSON trace of a finished run in `run_dir` trained from this very recipe (same resolved YAML, a
+    checkpoint at train.steps), to reuse instead of training again; else None, after emptying `run_dir`."""
+    import shutil
+
+    from densa.config.load import dump_recipe
+    from densa.train.checkpoint import complete_checkpoints
+
+    trace_path, recipe = run_dir / trace_name, run_dir / "recipe.yaml"
+    done = trace_path.exists() and recipe.exists() and recipe.read_text() == dump_recipe(cfg)
+    steps = cfg.train.steps
+    if done and not retrain and any(step == steps for step, _ in complete_checkpoints(run_dir)):
+        print(f"{label}: reusing {run_dir}", flush=True)
+        return json.loads(trace_path.read_text())
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    return None
+
+
 def dataset_tokens(prefix: str | Path, need: int = 0) -> torch.Tensor:
     """Every token of an indexed dataset (`PREFIX.bin/.idx`), documents concatenated, as int64; exits with
     a message naming `make quickstart` when it is missing or holds fewer than `need` tokens."""

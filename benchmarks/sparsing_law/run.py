@@ -44,6 +44,7 @@ from benchmarks.common import (  # noqa: E402
     dataset_tokens,
     ensure_quickstart_data,
     machine_info,
+    reuse_or_reset_run,
     write_results,
 )
 from densa.config.load import load_recipe_dict  # noqa: E402
@@ -269,18 +270,13 @@ class Recorder(Callback):
 
 def train_variant(s: Setup, variant: str, run_dir: Path, retrain: bool) -> dict[str, Any]:
     """Train (unless a finished run with the same recipe exists); returns the recorded trace."""
-    from densa.config.load import dump_recipe
     from densa.train.run import build_trainer
 
     cfg = make_config(s, variant, run_dir)
     trace_path = run_dir / "sparsity_trace.json"
-    recipe = run_dir / "recipe.yaml"
-    done = trace_path.exists() and recipe.exists() and recipe.read_text() == dump_recipe(cfg)
-    if done and not retrain and any(step == s.steps for step, _ in complete_checkpoints(run_dir)):
-        print(f"[{NAME}] {variant}: reusing {run_dir}", flush=True)
-        return json.loads(trace_path.read_text())
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
+    reused = reuse_or_reset_run(cfg, run_dir, trace_path.name, f"[{NAME}] {variant}", retrain)
+    if reused is not None:
+        return reused
     callbacks = [
         NamedRatio("nonzero", s.ratio_interval, max_tokens=s.live_tokens),
         NamedRatio(f"cett{LIVE_CETT:g}", s.ratio_interval, cett=LIVE_CETT, max_tokens=s.live_tokens),

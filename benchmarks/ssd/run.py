@@ -51,10 +51,11 @@ from benchmarks.common import (  # noqa: E402
     dataset_tokens,
     ensure_quickstart_data,
     machine_info,
+    reuse_or_reset_run,
     time_interleaved,
     write_results,
 )
-from densa.config.load import dump_recipe, load_recipe  # noqa: E402
+from densa.config.load import load_recipe  # noqa: E402
 from densa.config.schema import RunConfig  # noqa: E402
 from densa.models.checkpoint_io import build_transformer  # noqa: E402
 from densa.sparse_moe import MoEFeedForward, cluster_ffn, moefy, perplexity, perplexity_vs_top_k  # noqa: E402
@@ -351,13 +352,10 @@ def ssd_history(trainer: Any) -> list[dict[str, Any]]:
 def train_variant(s: Setup, variant: str, run_dir: Path, retrain: bool) -> dict[str, Any]:
     """Train (unless a finished run with the same recipe exists); returns the trace."""
     cfg = make_config(s, variant, run_dir)
-    trace_path, recipe = run_dir / "bench_trace.json", run_dir / "recipe.yaml"
-    done = trace_path.exists() and recipe.exists() and recipe.read_text() == dump_recipe(cfg)
-    if done and not retrain and any(step == s.steps for step, _ in complete_checkpoints(run_dir)):
-        print(f"[{NAME}] {variant}: reusing {run_dir}", flush=True)
-        return json.loads(trace_path.read_text())
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
+    trace_path = run_dir / "bench_trace.json"
+    reused = reuse_or_reset_run(cfg, run_dir, trace_path.name, f"[{NAME}] {variant}", retrain)
+    if reused is not None:
+        return reused
     rec = Recorder(save_after=s.resume_save_after if variant == "ssd" else 0)
     extra: list[Callback] = [] if cfg.ssd.enabled else [StabilityTracker(s.interval, s.experts, 50, 0)]
     print(f"[{NAME}] {variant}: training {s.steps} steps → {run_dir}", flush=True)
