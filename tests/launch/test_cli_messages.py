@@ -36,3 +36,24 @@ def test_missing_heads_names_recipe_and_flag():
         " docs/locret.md) and give the heads file (densa generate --heads FILE); from Python:"
         " densa.retaining_heads.load_heads(model, path), or attach_heads(model) and train them"
     )
+
+
+def test_check_warns_when_wandb_is_missing(monkeypatch):
+    import importlib.util
+
+    from densa.config.load import load_recipe_dict
+    from densa.launch.commands.check import environment_warnings
+
+    recipe = {
+        "model": {"vocab_size": 32, "dim": 16, "n_layers": 1, "n_heads": 2, "ffn_dim": 32},
+        "data": {"train": [{"path": "d/t"}], "seq_len": 8},
+        "batch": {"global_tokens": 16, "micro_batch": 2},
+        "logging": {"wandb": {"project": "p", "mode": "OFFLINE"}},
+    }
+    cfg = load_recipe_dict(recipe)
+    assert cfg.logging.wandb.mode == "offline"  # a Literal choice, matched case-insensitively
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    assert "logging.wandb.project: wandb is not installed (pip install wandb)" in environment_warnings(cfg)

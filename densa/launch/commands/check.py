@@ -58,6 +58,11 @@ def environment_warnings(cfg: RunConfig) -> list[str]:
 
         if not torch.cuda.is_available():
             out.append("parallel.precision: fp16 needs a GPU and this machine has none")
+    if cfg.logging.wandb.project:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            out.append("logging.wandb.project: wandb is not installed (pip install wandb)")
     return out
 
 
