@@ -5,8 +5,11 @@ agreement is the clustering's own noise; co-activation clustering) and every neu
 every probe label. Between each checkpoint and the final one (and the next one):
 
 - partition stability: adjusted Rand index and assignment overlap (`densa.sparse_moe.stability`);
-- neuron stability: Spearman correlation of the neurons' predictivity vectors (the paper's measure),
-  and the ARI of the grouping of neurons by their best function (chance-corrected like the partition's).
+- neuron stability: Spearman correlation of the neurons' predictivity for each label, averaged over labels
+  (the paper's measure), and the ARI of the grouping of neurons by their best function (chance-corrected
+  like the partition's);
+- expert-level function stability: the same Spearman on experts' mean predictivity, both checkpoints
+  grouped by the later checkpoint's partition (the paper's expert-level curve).
 """
 
 from __future__ import annotations
@@ -69,7 +72,20 @@ def snapshot(
     return out
 
 
+def _per_label_spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over labels (rows) of the Spearman correlation across neurons (columns)."""
+    return statistics.fmean(spearman(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _expert_mean(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[num_labels, E] mean predictivity of each expert's neurons."""
+    e = int(labels.max()) + 1
+    sums = torch.zeros(pred.shape[0], e, dtype=pred.dtype).index_add_(1, labels, pred.nan_to_num(0.0))
+    return sums / torch.bincount(labels, minlength=e)
+
+
 def _compare(a: dict, b: dict) -> dict[str, float]:
+    """Similarities of snapshot `a` to the later one `b`; expert-level predictivity uses b's partition."""
     layers = range(len(a["param"]))
 
     def mean(fn: Callable[[int], float]) -> float:
@@ -79,7 +95,12 @@ def _compare(a: dict, b: dict) -> dict[str, float]:
         "param_ari": mean(lambda i: adjusted_rand_index(a["param"][i], b["param"][i])),
         "param_overlap": mean(lambda i: assignment_overlap(a["param"][i], b["param"][i])),
         "coact_ari": mean(lambda i: adjusted_rand_index(a["coact"][i], b["coact"][i])),
-        "neuron_spearman": mean(lambda i: spearman(a["pred"][i], b["pred"][i])),
+        "neuron_spearman": mean(lambda i: _per_label_spearman(a["pred"][i], b["pred"][i])),
+        "expert_spearman": mean(
+            lambda i: _per_label_spearman(
+                _expert_mean(a["pred"][i], b["param"][i]), _expert_mean(b["pred"][i], b["param"][i])
+            )
+        ),
         "best_function_ari": mean(lambda i: adjusted_rand_index(a["best"][i], b["best"][i])),
     }
 

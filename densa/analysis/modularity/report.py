@@ -93,7 +93,14 @@ def write_modularity(result: dict, out: Path) -> list[Path]:
     return _write(result, out, "modularity", modularity_markdown, plot_modularity)
 
 
-EMERGENCE_KEYS = ("param_ari", "param_overlap", "coact_ari", "neuron_spearman", "best_function_ari")
+EMERGENCE_KEYS = (
+    "param_ari",
+    "param_overlap",
+    "coact_ari",
+    "neuron_spearman",
+    "expert_spearman",
+    "best_function_ari",
+)
 
 
 def emergence_markdown(result: dict) -> str:
@@ -101,7 +108,8 @@ def emergence_markdown(result: dict) -> str:
         f"# Emergence over {len(result['steps'])} checkpoints of {result.get('run', 'the run')}",
         "",
         "Similarity of each checkpoint to the final one (partitions: ARI / overlap of MoEfication experts; "
-        "neurons: Spearman of predictivity, ARI of best-function groups).",
+        "neurons: Spearman of predictivity per label, ARI of best-function groups; experts: Spearman of "
+        "experts' mean predictivity).",
         "",
         "| step | " + " | ".join(EMERGENCE_KEYS) + " | param ARI across seeds |",
         "| --- |" + " --- |" * (len(EMERGENCE_KEYS) + 1),
