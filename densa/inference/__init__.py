@@ -13,7 +13,7 @@ from densa.inference.engine import (
     GenerationStats,
     InferenceEngine,
 )
-from densa.inference.export import export_model, parse_dtype
+from densa.inference.export import export_model, parse_dtype, write_tokenizer
 from densa.inference.hub import UploadPlan, plan_upload, push_to_hub
 from densa.inference.loading import LoadedModel, checkpoint_kind, load_for_inference
 from densa.inference.model_card import CardInputs, build_model_card, data_rows, last_metrics
@@ -40,4 +40,5 @@ __all__ = [
     "plan_upload",
     "push_to_hub",
     "sparse_ffn_installed",
+    "write_tokenizer",
 ]

@@ -37,7 +37,9 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
         raise CheckpointError(f"unknown --dtype {name!r}; choose from {sorted(set(DTYPES))}") from None
 
 
-def _write_tokenizer(tokenizer: Path, out: Path) -> None:
+def write_tokenizer(tokenizer: Path, out: Path) -> None:
+    """Copy an HF tokenizer folder's files (chat template included) into `out`, or convert a SentencePiece
+    `.model` file to HF files there; shared by `densa export` and `densa moefy`."""
     if tokenizer.is_file() and tokenizer.suffix == ".model":
         from densa.data.hf_export import export_sentencepiece_to_hf
 
@@ -141,7 +143,7 @@ def export_model(
     with atomic_dir(out, overwrite) as tmp:
         save_hf(tmp, config, state, dtype=dtype, overwrite=True)
         if tok_path is not None:
-            _write_tokenizer(tok_path, tmp)
+            write_tokenizer(tok_path, tmp)
         if sparsity is not None:
             (tmp / "sparsity.json").write_text(json.dumps(sparsity, indent=2) + "\n", encoding="utf-8")
         if predictors is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -80,7 +80,9 @@ def save_moe(
     router: str = "centroid",
     method: str = "kmeans",
     overwrite: bool = False,
+    add_files: Callable[[Path], None] | None = None,
 ) -> Path:
+    """Write the MoE folder; `add_files(tmp)` may add files (e.g. the tokenizer) before it appears."""
     moes = [layer.ffn for layer in model.layers]
     if not all(isinstance(m, MoEFeedForward) for m in moes):
         raise MoEError("save_moe needs a model whose every layer is an MoEFeedForward (call moefy first)")
@@ -103,6 +105,8 @@ def save_moe(
         save_model(tmp, model.config, state, overwrite=True)
         save_file(routers, tmp / ROUTER_FILE, metadata={"format": "pt"})
         (tmp / MOE_FILE).write_text(json.dumps(meta) + "\n", encoding="utf-8")
+        if add_files is not None:
+            add_files(tmp)
     return Path(path)
 
 

@@ -35,6 +35,11 @@ def register(subparsers) -> None:
         help="license in the model card's front matter (default: the source model's, or apache-2.0 for a"
         " model trained from scratch)",
     )
+    p.add_argument(
+        "--dense",
+        action="store_true",
+        help="export an MoE folder (densa moefy) as its dense equivalent: same weights, every expert active",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument(
         "--push-to-hub",
@@ -111,6 +116,7 @@ def _export(args: argparse.Namespace) -> int:
             )
         return _push(Path(args.source), args)
     folder, run = _resolve(Path(args.source), args.step)
+    _check_moe(folder, args.dense)
     recipe_file = _first(folder / "recipe.yaml", run / "recipe.yaml" if run else None)
     recipe_text = recipe_file.read_text(encoding="utf-8") if recipe_file else None
     recipe = yaml.safe_load(recipe_text) if recipe_text else {}
@@ -146,6 +152,28 @@ def _export(args: argparse.Namespace) -> int:
     )
     print(f"exported {folder} -> {out}" + ("" if tokenizer else " (no tokenizer found; pass --tokenizer)"))
     return _push(out, args) if args.push_to_hub else 0
+
+
+def _check_moe(folder: Path, dense: bool) -> None:
+    """An MoE folder exports only with --dense: HF has no class that runs densa's top-k experts, and
+    writing its weights alone would be the dense model under an MoE name."""
+    import json
+
+    from densa.errors import CheckpointError
+
+    moe = folder / "moe.json"
+    if not moe.is_file() or dense:
+        return
+    try:
+        meta = json.loads(moe.read_text(encoding="utf-8"))
+        form = f"{meta['num_experts']} experts, top-{meta['top_k']}"
+    except (ValueError, KeyError, TypeError):
+        form = "unreadable moe.json"
+    raise CheckpointError(
+        f"{folder} is an MoE folder ({form}); an HF export cannot route to the top-k experts and would be"
+        f" the dense model. Export the dense equivalent (same weights, every expert active) with"
+        f" `densa export {folder} --out DIR --dense`; run the MoE form with `densa generate --model {folder}`"
+    )
 
 
 def _push(folder: Path, args: argparse.Namespace) -> int:

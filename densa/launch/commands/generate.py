@@ -13,6 +13,18 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", default=None, help="default: the model's own")
     p.add_argument("--no-bos", dest="bos", action="store_false", help="do not prepend BOS to the prompt")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="wrap --prompt as a user message in the tokenizer's chat template (with the assistant prompt)",
+    )
+    p.add_argument(
+        "--moe-top-k",
+        type=int,
+        default=None,
+        metavar="K",
+        help="MoE folder (densa moefy): experts per token (default: moe.json's top_k; K = experts is dense)",
+    )
     kv = p.add_argument_group("KV-cache policy (chunked prefill under a budget; greedy decoding)")
     kv.add_argument(
         "--kv-policy",
@@ -70,13 +82,13 @@ def _handler(args) -> int:
     if args.max_new_tokens < 1 or not 0 < args.top_p <= 1 or args.temperature < 0:
         raise DensaError("need --max-new-tokens >= 1, 0 < --top-p <= 1 and --temperature >= 0")
     thresholds = _check_sparse_args(args)  # before loading the model
-    model = load_model(args.model)
+    model = _load(args, load_model)
     tok_path = args.tokenizer or find_tokenizer(args.model)
     if tok_path is None:
         raise DensaError(f"{args.model}: no tokenizer found next to the model; pass --tokenizer")
     tok = load_tokenizer(tok_path)
-    ids = tok.encode(args.prompt)
-    if args.bos and tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
+    ids = chat_ids(tok, tok_path, args.prompt) if args.chat else tok.encode(args.prompt)
+    if args.bos and not args.chat and tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
         ids = [tok.bos_id, *ids]
     if not ids:
         raise DensaError("the prompt encodes to no tokens")
@@ -84,11 +96,11 @@ def _handler(args) -> int:
     _fit_vocabularies(model, tok, tok_path, ids)
     if thresholds is not None:
         new = _generate_sparse(model, ids, args, tok, thresholds)
-        print(tok.decode(_strip_bos(ids, tok, args) + new))
+        print(tok.decode(_strip_bos(ids, tok, args) + _until_end(new, args)))
         return 0
     if args.kv_policy is not None:
         new = _generate_with_policy(model, ids, args, tok.eos_id)
-        print(tok.decode(_strip_bos(ids, tok, args) + new))
+        print(tok.decode(_strip_bos(ids, tok, args) + _until_end(new, args)))
         return 0
     generator = torch.Generator().manual_seed(args.seed)
     out = generate(
@@ -103,8 +115,54 @@ def _handler(args) -> int:
     new = out[0, len(ids) :].tolist()
     if tok.eos_id is not None and tok.eos_id in new:
         new = new[: new.index(tok.eos_id)]
-    print(tok.decode(_strip_bos(ids, tok, args) + new))
+    print(tok.decode(_strip_bos(ids, tok, args) + _until_end(new, args)))
     return 0
+
+
+def _load(args, load_model):
+    """The model in the form its folder says: an MoE folder (moe.json) runs its top-k experts, and says so
+    on stderr; anything else loads dense."""
+    import sys
+
+    from densa.errors import DensaError
+    from densa.sparse_moe.inference import MOE_FILE, is_moe_checkpoint, load_moe
+
+    if not is_moe_checkpoint(args.model):
+        if args.moe_top_k is not None:
+            raise DensaError(
+                f"--moe-top-k needs an MoE folder (densa moefy output); {args.model} has no {MOE_FILE}"
+            )
+        return load_model(args.model)
+    if args.sparsity is not None:
+        raise DensaError(
+            f"--sparsity runs dense FFN layers; {args.model} is an MoE folder: drop --sparsity (or pass the "
+            "dense model it came from)"
+        )
+    model = load_moe(args.model, top_k=args.moe_top_k)
+    ffn = model.layers[0].ffn
+    print(
+        f"densa generate: MoE form ({MOE_FILE}): top-{ffn.top_k} of {ffn.num_experts} experts per token",
+        file=sys.stderr,
+    )
+    return model
+
+
+def chat_ids(tok, tok_path, prompt: str) -> list[int]:
+    """The prompt as one user message in the tokenizer's chat template, ending with the assistant's turn
+    header (the template decides BOS, so no BOS is added on top)."""
+    from densa.data.tokenizer import HFTokenizer
+    from densa.errors import DensaError
+
+    if not isinstance(tok, HFTokenizer) or not tok.has_chat_template:
+        raise DensaError(
+            f"--chat: the tokenizer {tok_path} has no chat template (chat_template in tokenizer_config.json"
+            " or chat_template.jinja); drop --chat or pass a chat model's --tokenizer"
+        )
+    messages = [{"role": "user", "content": prompt}]
+    ids = tok.tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers >= 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return [int(i) for i in ids]
 
 
 def _fit_vocabularies(model, tok, tok_path, ids: list[int]) -> None:
@@ -141,7 +199,24 @@ def _warn_past_context(prompt_tokens: int, max_new_tokens: int, max_seq_len: int
         )
 
 
+def _until_end(new: list[int], args) -> list[int]:
+    """--chat: cut at the first of the model's end tokens (generation_config.json's eos_token_id, e.g. a
+    chat turn's <|im_end|> besides the tokenizer's EOS)."""
+    import json
+    from pathlib import Path
+
+    path = Path(args.model) / "generation_config.json"
+    if not args.chat or not path.is_file():
+        return new
+    eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    ends = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return next((new[:i] for i, t in enumerate(new) if t in ends), new)
+
+
 def _strip_bos(ids: list[int], tok, args) -> list[int]:
+    """The prompt part of the printed text: without BOS; --chat prints the reply only."""
+    if args.chat:
+        return []
     return ids[1:] if args.bos and tok.bos_id is not None and ids[0] == tok.bos_id else ids
 
 
