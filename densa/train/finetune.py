@@ -27,7 +27,10 @@ def _kind(folder: Path) -> tuple[str, Path]:
     from densa.train.checkpoint import is_complete, latest_checkpoint
 
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such folder (expected an HF folder, densa model or checkpoint)")
+        raise CheckpointError(
+            f"{folder}: no such folder (expected an HF folder, densa model or checkpoint;"
+            f" a model on the Hub: hf download ORG/NAME --local-dir {folder})"
+        )
     if is_hf_folder(folder):
         return "hf", folder
     if is_densa_checkpoint(folder):

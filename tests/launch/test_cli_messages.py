@@ -57,3 +57,15 @@ def test_check_warns_when_wandb_is_missing(monkeypatch):
         importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
     )
     assert "logging.wandb.project: wandb is not installed (pip install wandb)" in environment_warnings(cfg)
+
+
+def test_missing_model_folder_names_hf_download(tmp_path):
+    from densa.train.finetune import load_weights
+
+    missing = tmp_path / "SmolLM2-135M"
+    with pytest.raises(DensaError) as err:
+        load_weights(missing)
+    assert str(err.value) == (
+        f"{missing}: no such folder (expected an HF folder, densa model or checkpoint;"
+        f" a model on the Hub: hf download ORG/NAME --local-dir {missing})"
+    )

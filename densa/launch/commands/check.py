@@ -52,7 +52,12 @@ def environment_warnings(cfg: RunConfig) -> list[str]:
         out += [f"{where}: {f} not found" for f in files if not Path(f).exists()]
     for where, path in (("data.tokenizer", cfg.data.tokenizer), ("init.from_path", cfg.init.from_path)):
         if path and not Path(path).exists():
-            out.append(f"{where}: {path} not found")
+            hub = (
+                f" (a model on the Hub: hf download ORG/NAME --local-dir {path})"
+                if where == "init.from_path"
+                else ""
+            )
+            out.append(f"{where}: {path} not found{hub}")
     if cfg.parallel.precision == "fp16":
         import torch
 

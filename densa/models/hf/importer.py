@@ -34,7 +34,10 @@ def load_hf_config(path: str | os.PathLike, *, max_seq_len: int | None = None) -
     (`hf_source`: Hub id, license, datasets; see densa.models.hf.source)."""
     folder = Path(path)
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such folder (expected an HF model folder with config.json)")
+        raise CheckpointError(
+            f"{folder}: no such folder (expected an HF model folder with config.json;"
+            f" a model on the Hub: hf download ORG/NAME --local-dir {folder})"
+        )
     hf = read_json(folder / "config.json")
     config = config_from_hf(hf, max_seq_len=max_seq_len)
     extra = {**config.extra, "hf_source": source_info(folder, hf)}
