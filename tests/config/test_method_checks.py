@@ -191,3 +191,15 @@ def test_retaining_heads_rules() -> None:
         " (the backbone is frozen)" in got
     )
     assert "--set: retaining_heads.hidden: must be > 0, got 0" in problems(*ok, "retaining_heads.hidden=0")
+
+
+def test_recipe_schema_does_not_import_torch() -> None:
+    # The ssd: section lives in densa.sparse_moe, whose package loads its torch modules lazily (PEP 562).
+    import subprocess
+    import sys
+
+    code = "import sys, densa.config.load, densa.sparse_moe; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout == "False\n"
