@@ -160,3 +160,17 @@ def test_method_registry_order_and_lookup(tmp_path, monkeypatch):
         )
     else:
         raise AssertionError("two losses were accepted")
+
+
+def test_retaining_heads_section_defaults_match_the_library():
+    # The section cannot import densa.retaining_heads (torch) at schema level; this keeps the two in step.
+    import inspect
+
+    from densa.config.schema import RetainingHeadsSection
+    from densa.retaining_heads.loss import SMOOTHNESS_ALPHA
+    from densa.retaining_heads.training import RetainingHeadsCallback, prepare_for_head_training
+
+    section = RetainingHeadsSection()
+    assert section.hidden == inspect.signature(prepare_for_head_training).parameters["hidden"].default
+    assert section.smoothness_alpha == SMOOTHNESS_ALPHA
+    assert section.out_file == inspect.signature(RetainingHeadsCallback).parameters["out_file"].default
