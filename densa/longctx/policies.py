@@ -175,25 +175,47 @@ class LocretPolicy(KVPolicy):
         self.heads_path = heads
         self.n_sink = n_sink
         self._heads = None
+        self._model: Transformer | None = None
+        self._displaced = None  # heads the file's heads replaced for this session
+        self._loaded = False
 
     def reserved(self, budget: int) -> int:
         return self.n_sink + self.stabilizers(budget)
 
     def bind(self, model: Transformer) -> None:
-        from densa.retaining_heads import get_heads, has_heads, load_heads
-        from densa.retaining_heads.heads import check_fingerprint
+        """Use the heads in `heads` (the file) when given, else the heads attached to the model. Heads the
+        file displaces are put back at `unbind`: the file is what this policy runs, never stale heads."""
+        from densa.retaining_heads import attach_heads, detach_heads, get_heads, has_heads, load_heads
+        from densa.retaining_heads.heads import check_fits
 
-        if not has_heads(model) and self.heads_path is not None:
-            load_heads(model, self.heads_path)
+        self._model, self._displaced, self._loaded = model, None, False
         try:
+            if self.heads_path is not None:
+                self._displaced = detach_heads(model) if has_heads(model) else None
+                try:
+                    load_heads(model, self.heads_path)
+                except Exception:
+                    if self._displaced is not None:
+                        attach_heads(model, self._displaced)
+                        self._displaced = None
+                    raise
+                self._loaded = True
             heads = get_heads(model)
-            check_fingerprint(heads.fingerprint, model.config, what="the attached retaining heads")
+            check_fits(heads.model_fields, model.config, what="the attached retaining heads")
         except RetainingHeadsError as err:
             raise RetainingHeadsError(f"kv policy 'locret': {err}") from None
         heads.enabled = True
         self._heads = heads
 
     def unbind(self) -> None:
+        from densa.retaining_heads import attach_heads, detach_heads
+
+        model = self._model
+        if model is not None and self._loaded:
+            detach_heads(model)
+            if self._displaced is not None:
+                attach_heads(model, self._displaced)
+        self._model, self._displaced, self._loaded = None, None, False
         self._heads = None
 
     def observe(self, layer: int, queries: torch.Tensor | None, keys: torch.Tensor) -> None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from densa.models.activations import get_activation
-from densa.models.config import ModelConfig
+from densa.models.config import ModelConfig, values_agree
 from densa.models.rope import rotate_half
 from densa.models.transformer import Transformer
 from densa.retaining_heads.errors import RetainingHeadsError
@@ -28,11 +29,41 @@ from densa.retaining_heads.errors import RetainingHeadsError
 HEADS_ATTR = "retaining_heads"
 
 
-def model_fingerprint(config: ModelConfig) -> str:
-    """Hash of the model config: heads fit a model only if its shapes and numerics are the same.
+# Neither a weight's shape nor the function: where RoPE tables start, init, free-form metadata (an HF
+# folder's import records its source there, a recipe run records other keys: the same weights either way).
+NOT_FINGERPRINTED = ("extra", "max_seq_len", "init_std")
 
-    Fields at their default value are left out, so adding a field to ModelConfig (with a default) keeps
-    the fingerprints of heads saved before it."""
+
+def fingerprint_fields(config: ModelConfig) -> dict[str, Any]:
+    """The config fields heads depend on: every weight shape and every field that changes the function
+    (norm_eps, rope_theta, rope_scaling, activation, activation_threshold, ...). Fields at their default
+    value are left out, so a field added to ModelConfig later (with a default) keeps old heads loadable."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    return {
+        k: v
+        for k, v in config.to_dict().items()
+        if k not in NOT_FINGERPRINTED and (k not in defaults or not values_agree(v, defaults[k]))
+    }
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 6 significant digits: a float32 round trip (9.999999747e-06 for 1e-5) hashes the same."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
+def model_fingerprint(config: ModelConfig) -> str:
+    """Short hash of `fingerprint_fields` (floats to 6 significant digits), shown in metadata and errors."""
+    blob = json.dumps(_rounded(fingerprint_fields(config)), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _legacy_fingerprint(config: ModelConfig) -> str:
+    """The hash heads files written before densa 0.2 carry: every field but those at their default,
+    `extra` and `max_seq_len` included (so an HF folder's heads did not fit that folder re-imported)."""
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
     blob = json.dumps(
         {k: v for k, v in config.to_dict().items() if k not in defaults or v != defaults[k]},
@@ -71,6 +102,7 @@ class RetainingHeads(nn.Module):
         self.hidden = hidden
         self.activation = activation or config.activation
         self.fingerprint = model_fingerprint(config)
+        self.model_fields = fingerprint_fields(config)
         self.n_kv_heads = config.n_kv_heads
         self.layers = nn.ModuleList(
             RetainingHead(in_dim, hidden, config.n_kv_heads, self.activation) for _ in range(config.n_layers)
@@ -88,6 +120,7 @@ class RetainingHeads(nn.Module):
     def metadata(self) -> dict[str, object]:
         return {
             "fingerprint": self.fingerprint,
+            "model": self.model_fields,
             "hidden": self.hidden,
             "activation": self.activation,
             "n_layers": len(self.layers),
@@ -174,7 +207,7 @@ def attach_heads(
         heads = RetainingHeads(model.config, hidden)
         ref = next(model.parameters())
         heads.to(device=ref.device, dtype=ref.dtype)
-    check_fingerprint(heads.fingerprint, model.config, what="heads")
+    check_fits(heads.model_fields, model.config, what="heads")
     model.add_module(HEADS_ATTR, heads)
     heads._register(model)
     return heads
@@ -188,11 +221,36 @@ def detach_heads(model: Transformer) -> RetainingHeads:
     return heads
 
 
-def check_fingerprint(fingerprint: str, config: ModelConfig, what: str) -> None:
-    expected = model_fingerprint(config)
-    if fingerprint != expected:
+def check_fits(
+    fields: dict[str, Any] | None, config: ModelConfig, what: str, fingerprint: str | None = None
+) -> None:
+    """Raise unless heads trained for a model with `fields` (`fingerprint_fields`) fit `config`: each
+    differing field is named (floats agree to a relative 1e-6). `fields` None (a file written before the
+    fields were recorded): its `fingerprint` must be this model's, new or pre-0.2 hash."""
+    if fields is None:
+        if fingerprint in (model_fingerprint(config), _legacy_fingerprint(config)):
+            return
         raise RetainingHeadsError(
-            f"{what} were trained for another model: fingerprint {fingerprint} != this model's {expected} "
-            f"(n_layers={config.n_layers}, n_heads={config.n_heads}, n_kv_heads={config.n_kv_heads}, "
-            f"head_dim={config.head_dim})"
+            f"{what} were trained for another model: fingerprint {fingerprint} != this model's"
+            f" {model_fingerprint(config)} (an older heads file that records no config fields; retrain"
+            " the heads for this model)"
         )
+    ours = fingerprint_fields(config)
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    pairs = {
+        k: (fields.get(k, defaults.get(k)), ours.get(k, defaults.get(k))) for k in sorted({*fields, *ours})
+    }
+    differ = {k: ab for k, ab in pairs.items() if not values_agree(_plain(ab[0]), _plain(ab[1]))}
+    if differ:
+        said = ", ".join(f"{k}={a!r} there, {k}={b!r} in this model" for k, (a, b) in differ.items())
+        raise RetainingHeadsError(f"{what} were trained for another model: {said}")
+
+
+def _plain(value: Any) -> Any:
+    """JSON's view of a value (a tuple read back from metadata is a list; a dataclass is a dict)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def check_fingerprint(fingerprint: str, config: ModelConfig, what: str) -> None:
+    """Pre-0.2 check by hash alone; `check_fits` names the differing fields."""
+    check_fits(None, config, what, fingerprint)

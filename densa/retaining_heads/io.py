@@ -1,5 +1,6 @@
 """Save and load retaining heads apart from the backbone: one safetensors file whose header metadata
-holds the model fingerprint (config hash), hidden size and activation."""
+holds the config fields the heads depend on (`fingerprint_fields`: weight shapes and what changes the
+function), their hash, hidden size and activation."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 from densa.models.tagged_safetensors import read_tagged_metadata, write_tagged
 from densa.models.transformer import Transformer
 from densa.retaining_heads.errors import RetainingHeadsError
-from densa.retaining_heads.heads import RetainingHeads, attach_heads, check_fingerprint, get_heads
+from densa.retaining_heads.heads import RetainingHeads, attach_heads, check_fits, get_heads
 
 FORMAT = "densa-retaining-heads"
 FORMAT_VERSION = 1
@@ -40,7 +41,11 @@ def read_heads_metadata(path: str | os.PathLike) -> dict[str, object]:
 def load_heads(model: Transformer, path: str | os.PathLike) -> RetainingHeads:
     """Build heads from `path`, check they were trained for this model, attach them; returns them."""
     meta = read_heads_metadata(path)
-    check_fingerprint(str(meta["fingerprint"]), model.config, what=f"retaining heads in {Path(path).name}")
+    fields = meta.get("model")
+    if fields is not None and not isinstance(fields, dict):
+        raise RetainingHeadsError(f"{path}: metadata `model` is not a dict of config fields")
+    what = f"retaining heads in {Path(path).name}"
+    check_fits(fields, model.config, what=what, fingerprint=str(meta.get("fingerprint")))
     heads = RetainingHeads(model.config, int(meta["hidden"]), str(meta["activation"]))
     try:
         heads.load_state_dict(load_file(str(path)), strict=True)
