@@ -109,6 +109,7 @@ def test_emergence_of_identical_checkpoints_is_perfectly_stable(probes_dir: Path
         assert row["param_ari"] == pytest.approx(1.0) and row["neuron_spearman"] == pytest.approx(1.0)
         assert row["param_overlap"] == pytest.approx(1.0) and row["best_function_ari"] == pytest.approx(1.0)
         assert row["expert_spearman"] == pytest.approx(1.0)
+        assert row["random_expert_spearman"] == pytest.approx(1.0)
 
 
 def test_cli_modularity_on_a_model_folder(probes_dir: Path, tmp_path: Path) -> None:

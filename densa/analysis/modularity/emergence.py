@@ -9,7 +9,8 @@ every probe label. Between each checkpoint and the final one (and the next one):
   (the paper's measure), and the ARI of the grouping of neurons by their best function (chance-corrected
   like the partition's);
 - expert-level function stability: the same Spearman on experts' mean predictivity, both checkpoints
-  grouped by the later checkpoint's partition (the paper's expert-level curve).
+  grouped by the later checkpoint's partition (the paper's expert-level curve), and, as its control, grouped
+  by a fixed random partition (averaging alone makes expert-level curves smoother and earlier).
 """
 
 from __future__ import annotations
@@ -51,12 +52,15 @@ def snapshot(
     ffns = ffn_modules(model)
     check_experts(ffns[0].down_proj.weight.shape[1], num_experts)
     acts = {f: collect_activations(model, probes.family(f)) for f in probes.families}
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("param", "param_seed1", "coact", "pred", "best")}
+    keys = ("param", "param_seed1", "coact", "random", "pred", "best")
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     patterns = acts["linguistic" if "linguistic" in acts else probes.families[0]]
     for layer, ffn in enumerate(ffns):
         rows = neuron_rows(ffn).detach().float()
         out["param"].append(split_neurons(rows, num_experts, seed=seed).labels)
         out["param_seed1"].append(split_neurons(rows, num_experts, seed=seed + 1).labels)
+        # the same seeded random split at every checkpoint: expert-level averaging without any structure
+        out["random"].append(split_neurons(rows, num_experts, method="random", seed=seed).labels)
         out["coact"].append(
             split_neurons(coactivation_points(patterns.acts[layer], seed), num_experts, seed=seed).labels
         )
@@ -99,6 +103,11 @@ def _compare(a: dict, b: dict) -> dict[str, float]:
         "expert_spearman": mean(
             lambda i: _per_label_spearman(
                 _expert_mean(a["pred"][i], b["param"][i]), _expert_mean(b["pred"][i], b["param"][i])
+            )
+        ),
+        "random_expert_spearman": mean(
+            lambda i: _per_label_spearman(
+                _expert_mean(a["pred"][i], b["random"][i]), _expert_mean(b["pred"][i], b["random"][i])
             )
         ),
         "best_function_ari": mean(lambda i: adjusted_rand_index(a["best"][i], b["best"][i])),
