@@ -33,7 +33,9 @@ setup(
         "accelerate",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "ruff", "matplotlib"],
+        # wandb is optional for users (`logging.wandb`), installed for tests so CI exercises it.
+        "dev": ["pytest", "pytest-timeout", "ruff", "matplotlib", "wandb"],
+        "wandb": ["wandb"],
         "gpu": [],
     },
     entry_points={"console_scripts": ["densa=densa.launch.cli:main"]},
