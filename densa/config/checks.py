@@ -138,7 +138,8 @@ def _schedule_problems(cfg: RunConfig) -> list[Problem]:
 
 def _data_problems(cfg: RunConfig, training: bool) -> list[Problem]:
     d, out = cfg.data, []
-    if training and not d.train:
+    task_rows = cfg.retaining_heads.enabled and cfg.retaining_heads.task != "none"  # generated, not read
+    if training and not d.train and not task_rows:
         out.append(Problem("data.train", "no training datasets (add at least one {path: PREFIX})"))
     if cfg.eval.interval > 0 and not d.valid:
         out.append(Problem("eval.interval", f"is {cfg.eval.interval} but data.valid is empty"))
@@ -258,9 +259,16 @@ def _heads_problems(cfg: RunConfig, training: bool) -> list[Problem]:
         out.append(Problem("init.from_path", "retaining_heads.enabled needs a trained backbone to load"))
     if cfg.parallel.tp != 1:
         out.append(Problem("parallel.tp", f"retaining_heads.enabled needs tp = 1, got {cfg.parallel.tp}"))
-    if training and cfg.data.format != "sft":  # heads_loss takes the answer positions from loss_mask
-        out.append(
-            Problem("data.format", "retaining_heads.enabled needs sft data (loss_mask marks the answer)")
+    rh = cfg.retaining_heads
+    if rh.answer_tokens >= cfg.data.seq_len:
+        out.append(Problem("retaining_heads.answer_tokens", f"must be < data.seq_len ({cfg.data.seq_len})"))
+    if training and rh.task == "none" and cfg.data.format == "pretrain" and rh.answer_tokens == 0:
+        out.append(  # a pretraining row's loss_mask is all ones: it marks no answer span
+            Problem(
+                "retaining_heads.answer_tokens",
+                "token-level data (data.format pretrain) marks no answer: set how many final tokens of each"
+                " row are the answer (e.g. 64), or use sft data or retaining_heads.task",
+            )
         )
     if cfg.export.hf_dir:  # the backbone does not change; the heads go to retaining_heads.out_file
         out.append(
@@ -299,6 +307,7 @@ _BOUNDS = (
     ("sparsity.track_threshold", 0),
     ("retaining_heads.hidden", 1),
     ("retaining_heads.smoothness_alpha", 0),
+    ("retaining_heads.answer_tokens", 0),
 )
 
 

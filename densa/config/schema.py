@@ -217,10 +217,18 @@ class SparsitySection:
 @dataclass(frozen=True, kw_only=True)
 class RetainingHeadsSection:
     """Locret retaining-head training (docs/locret.md): the backbone from init.from_path stays frozen,
-    heads are attached before the engine is built and trained with the CIS loss on SFT batches."""
+    heads are attached before the engine is built and trained with the CIS loss on SFT batches (answer =
+    the response), token-level `.bin/.idx` rows (answer = the last answer_tokens) or rows of a task."""
 
     enabled: bool = False
-    """Make this a retaining-head run (needs init.from_path, tp = 1, data.format sft)."""
+    """Make this a retaining-head run (needs init.from_path and tp = 1)."""
+    task: Literal["none", "mqar", "passkey", "first_occurrence"] = "none"
+    """Train on rows of this densa.longctx.tasks generator at data.seq_len (seeded from run.seed; data.train
+    is not read) instead of data.train; the model's vocabulary must hold the task's 259 tokens."""
+    answer_tokens: int = 0
+    """> 0: the last this many tokens of each row are the answer queries and the tokens before them the
+    context the heads score (needed for data.format pretrain, token-level .bin/.idx rows, which mark no
+    answer; e.g. 64); 0: the answer is what the rows mark (SFT loss_mask, a task's answer positions)."""
     hidden: int = 1024
     """Hidden units of each layer's head MLP."""
     smoothness_alpha: float = 0.0025

@@ -267,3 +267,41 @@ def answer_accuracy(logits: torch.Tensor, sample: TaskSample) -> float:
         labels, mask = labels[:, -logits.shape[1] :], mask[:, -logits.shape[1] :]
     correct = (logits.argmax(-1) == labels) & mask
     return float(correct.sum()) / max(1, int(mask.sum()))
+
+
+TASKS: dict[str, Callable[..., TaskSample]] = {
+    "mqar": mqar,
+    "passkey": passkey,
+    "first_occurrence": first_occurrence,
+}
+
+
+class TaskDataset:
+    """Map-style rows of one task for retaining-head training (`retaining_heads.task` in a recipe): row i
+    is the task at its defaults, seeded `seed + i` (so a resumed run sees the same rows), as the sample
+    dict `heads_loss` reads: `loss_mask` = the answer queries, `context_mask` = the context."""
+
+    def __init__(
+        self, task: str, num_samples: int, seq_len: int, *, seed: int = 0, vocab: TaskVocab = TaskVocab()
+    ) -> None:
+        if task not in TASKS:
+            raise DensaError(f"unknown task {task!r}; choose from {sorted(TASKS)}")
+        self.make, self.num_samples, self.seq_len, self.seed, self.vocab = (
+            TASKS[task],
+            num_samples,
+            seq_len,
+            seed,
+            vocab,
+        )
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        s = self.make(1, self.seq_len, vocab=self.vocab, seed=self.seed + i)
+        return {
+            "input_ids": s.input_ids[0],
+            "labels": s.labels[0],
+            "loss_mask": s.answer_mask[0].float(),
+            "context_mask": s.context_mask[0],
+        }

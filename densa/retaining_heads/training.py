@@ -31,6 +31,11 @@ Trainer = Any
 
 Batch = dict[str, torch.Tensor]
 
+GRAD_CLIP = 1.0
+"""Global gradient-norm clip of `train_heads`: the default of the recipe's `optim.grad_clip`, which the
+engine applies to a `retaining_heads:` run, so both routes clip alike. (Locret clips by value at 0.5;
+DeepSpeed clips by norm for every ZeRO stage and precision, so norm is the one rule.)"""
+
 
 def freeze_backbone(model: Transformer) -> list[str]:
     """requires_grad only on the retaining heads; returns the names of the trainable parameters."""
@@ -61,12 +66,24 @@ def heads_loss(
     batch: Batch,
     alpha: float = SMOOTHNESS_ALPHA,
     with_stats: bool = False,
+    answer_tokens: int | None = None,
 ) -> torch.Tensor:
     """Retaining-head loss for one batch; shaped as the trainer's LossFn `(model, batch) -> loss`.
 
-    `model` may be a DeepSpeed engine: it is called for the forward so ZeRO gathers parameters.
-    The last batch's statistics are left in `heads.last_stats` for `RetainingHeadsCallback`.
+    `answer_tokens` (token-level text, e.g. `.bin/.idx` rows): the last this many positions of every row
+    are the answer queries and everything before is context, whatever masks the batch carries (a
+    pretraining batch's loss_mask is all ones). `model` may be a DeepSpeed engine: it is called for the
+    forward so ZeRO gathers parameters. The last batch's statistics are left in `heads.last_stats`.
     """
+    ids = batch["input_ids"]
+    if answer_tokens is not None:
+        if not 0 < answer_tokens < ids.shape[1]:
+            raise DensaError(
+                f"answer_tokens must be in [1, {ids.shape[1]}) for rows of {ids.shape[1]} tokens"
+            )
+        answer = torch.zeros_like(ids, dtype=torch.bool)
+        answer[:, -answer_tokens:] = True  # Locret holds its question back: the tail after the context
+        batch = {"input_ids": ids, "answer_mask": answer}
     # An SFT batch's loss_mask marks the positions that predict the response: Locret's answer queries.
     answer = batch.get("answer_mask", batch.get("loss_mask"))
     if answer is None:
@@ -112,14 +129,17 @@ def train_heads(
     *,
     hidden: int = 1024,
     warmup_frac: float = 2 / 3,
-    clip_value: float = 0.5,
+    grad_clip: float = GRAD_CLIP,
     alpha: float = SMOOTHNESS_ALPHA,
     log_every: int = 0,
+    answer_tokens: int | None = None,
 ) -> list[dict[str, float]]:
     """Train heads (attached, or attached here with `hidden` units) on a frozen backbone.
 
-    AdamW β=(0.9, 0.95), gradient clipping by value, linear warmup then linear decay; `batches` is cycled.
-    Returns per-step stats (`cis_loss`, plus `cis_top10_overlap` every `log_every` steps).
+    AdamW β=(0.9, 0.95), linear warmup then linear decay; `batches` is cycled. Gradients are clipped as a
+    `retaining_heads:` recipe clips them: to global norm `grad_clip` (the recipe's `optim.grad_clip`, same
+    default; 0 disables). Returns per-step stats (`cis_loss`, plus `cis_top10_overlap` every `log_every`
+    steps). `answer_tokens`: as in `heads_loss`, for token-level rows without answer masks.
     """
     if steps <= 0:
         raise DensaError(f"train_heads: steps must be > 0, got {steps}")
@@ -134,10 +154,11 @@ def train_heads(
     heads.train()
     for step, batch in enumerate(itertools.islice(itertools.cycle(batches), steps)):
         with_stats = bool(log_every) and (step % log_every == 0 or step == steps - 1)
-        loss = heads_loss(model, batch, alpha, with_stats=with_stats)
+        loss = heads_loss(model, batch, alpha, with_stats=with_stats, answer_tokens=answer_tokens)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_value_(params, clip_value)
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         schedule.step()
         history.append({"step": step, **heads.last_stats})

@@ -59,6 +59,9 @@ class Method:
     """Callbacks for the run, given the gradient-accumulation steps."""
     loss: Callable[[RunConfig], LossFn] | None = None
     """The loss that replaces the LM loss."""
+    data: Callable[[RunConfig, int], Any] | None = None
+    """Training rows that replace data.train (a map-style dataset of sample dicts, given the number of
+    samples the run consumes), or None to read data.train."""
 
 
 METHODS: dict[str, Method] = {}
@@ -99,6 +102,15 @@ def method_loss(cfg: RunConfig) -> LossFn | None:
         names = ", ".join(name for name, _ in losses)
         raise DensaError(f"at most one method may replace the training loss; these all do: {names}")
     return losses[0][1] if losses else None
+
+
+def method_train_data(cfg: RunConfig, num_samples: int) -> Any | None:
+    """The training rows a method generates instead of data.train (the first that does), or None."""
+    for m in enabled_methods(cfg):
+        rows = m.data(cfg, num_samples) if m.data is not None else None
+        if rows is not None:
+            return rows
+    return None
 
 
 class FATReLUCallback(Callback):
@@ -174,7 +186,24 @@ def _heads_callbacks(cfg: RunConfig, grad_accum: int) -> list[Callback]:
 def _heads_loss(cfg: RunConfig) -> LossFn:
     from densa.retaining_heads import heads_loss
 
-    return functools.partial(heads_loss, alpha=cfg.retaining_heads.smoothness_alpha)
+    rh = cfg.retaining_heads
+    # Token-level .bin/.idx rows carry no answer span (their loss_mask is all ones): the tail is the answer.
+    answer_tokens = rh.answer_tokens or None
+    return functools.partial(heads_loss, alpha=rh.smoothness_alpha, answer_tokens=answer_tokens)
+
+
+def _heads_data(cfg: RunConfig, num_samples: int) -> Any | None:
+    if cfg.retaining_heads.task == "none":
+        return None
+    from densa.longctx.tasks import TaskDataset, TaskVocab
+
+    vocab, task = TaskVocab(), cfg.retaining_heads.task
+    if vocab.size > cfg.model.vocab_size:
+        raise DensaError(
+            f"retaining_heads.task {task}: the task uses token ids up to {vocab.size - 1};"
+            f" the model's vocab_size is {cfg.model.vocab_size}"
+        )
+    return TaskDataset(task, num_samples, cfg.data.seq_len, seed=cfg.run.seed, vocab=vocab)
 
 
 register(Method("ssd.enabled", lambda cfg: cfg.ssd.enabled, callbacks=_ssd_callbacks))
@@ -196,5 +225,6 @@ register(
         prepare=_heads_prepare,
         callbacks=_heads_callbacks,
         loss=_heads_loss,
+        data=_heads_data,
     )
 )

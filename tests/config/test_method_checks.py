@@ -178,7 +178,11 @@ def test_retaining_heads_rules() -> None:
     got = problems("retaining_heads.enabled=true", "parallel.tp=2", "export.hf_dir=out/hf")
     assert "r.yaml: init.from_path: retaining_heads.enabled needs a trained backbone to load" in got
     assert "--set: parallel.tp: retaining_heads.enabled needs tp = 1, got 2" in got
-    assert "r.yaml: data.format: retaining_heads.enabled needs sft data (loss_mask marks the answer)" in got
+    # Token-level (pretrain) rows mark no answer: the recipe must say how many final tokens are.
+    assert (
+        "r.yaml: retaining_heads.answer_tokens: token-level data (data.format pretrain) marks no answer: set"
+        " how many final tokens of each row are the answer (e.g. 64), or use sft data or retaining_heads.task"
+    ) in got
     assert (
         "--set: export.hf_dir: a retaining-head run writes retaining_heads.out_file, not an HF folder" in got
     )
