@@ -6,6 +6,8 @@ this is what tests and `densa generate` need to compare against transformers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from densa.models.transformer import Transformer
@@ -32,21 +34,26 @@ def generate(
     *,
     temperature: float = 0.0,
     top_p: float = 1.0,
-    eos_token_id: int | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """input_ids [B, T] (no padding) -> [B, T + n] with n ≤ max_new_tokens; stops when every row hit EOS."""
+    """input_ids [B, T] (no padding) -> [B, T + n] with n ≤ max_new_tokens; stops when every row hit EOS.
+
+    `eos_token_id` may list several end tokens (an HF generation_config's, e.g. EOS and a chat turn's end);
+    a finished row is filled with the first."""
+    ends = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+    end_ids = torch.tensor(ends, dtype=torch.long, device=input_ids.device)
     cache = model.new_kv_cache(initial_capacity=input_ids.shape[1] + max_new_tokens)
     logits = model(input_ids, kv_cache=cache)[:, -1]
     out = input_ids
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     for _ in range(max_new_tokens):
         next_ids = sample_next(logits, temperature, top_p, generator)
-        if eos_token_id is not None:
-            next_ids = next_ids.masked_fill(finished, eos_token_id)
-            finished |= next_ids == eos_token_id
+        if ends:
+            next_ids = next_ids.masked_fill(finished, ends[0])
+            finished |= torch.isin(next_ids, end_ids)
         out = torch.cat([out, next_ids[:, None]], dim=1)
-        if eos_token_id is not None and bool(finished.all()):
+        if ends and bool(finished.all()):
             break
         logits = model(next_ids[:, None], kv_cache=cache)[:, -1]
     return out

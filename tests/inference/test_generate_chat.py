@@ -83,3 +83,27 @@ def test_chat_stops_at_the_generation_configs_end_tokens(tmp_path):
     assert _until_end([9, 8, 5, 7, 2], args) == [9, 8]
     assert _until_end([9, 8, 7], args) == [9, 8, 7]
     assert _until_end([9, 5], argparse.Namespace(model=str(tmp_path), chat=False)) == [9, 5]
+
+
+def test_chat_stops_at_a_chat_turns_end_token(chat_folder, tmp_path, capsys):
+    """generate() stops at any listed end token; `--chat` lists generation_config.json's."""
+    import shutil
+
+    from densa.data.tokenizer import load_tokenizer
+    from densa.models.hf.importer import load_hf_model
+
+    model, tok = load_hf_model(chat_folder), load_tokenizer(chat_folder)
+    ids = tok.tok.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    full = generate(model, torch.tensor([ids]), 6)[0, len(ids) :].tolist()
+    end = full[2]  # pretend the model's turn ends with its third token
+    cut = full[: full.index(end)]
+    stopped = generate(model, torch.tensor([ids]), 6, eos_token_id=[2, end])[0, len(ids) :].tolist()
+    assert stopped == [*cut, end]
+
+    folder = tmp_path / "chat"
+    shutil.copytree(chat_folder, folder)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, end]}), encoding="utf-8")
+    argv = ["generate", "--model", str(folder), "--prompt", "hello", "--temperature", "0", "--chat"]
+    assert main([*argv, "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out == tok.decode(cut) + "\n"

@@ -103,13 +103,14 @@ def _handler(args) -> int:
         print(tok.decode(_strip_bos(ids, tok, args) + _until_end(new, args)))
         return 0
     generator = torch.Generator().manual_seed(args.seed)
+    ends = [e for e in (tok.eos_id, *_chat_ends(args)) if e is not None]
     out = generate(
         model,
         torch.tensor([ids]),
         args.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
-        eos_token_id=tok.eos_id,
+        eos_token_id=list(dict.fromkeys(ends)),  # --chat: also stop at a chat turn's end token
         generator=generator,
     )
     new = out[0, len(ids) :].tolist()
@@ -199,17 +200,22 @@ def _warn_past_context(prompt_tokens: int, max_new_tokens: int, max_seq_len: int
         )
 
 
-def _until_end(new: list[int], args) -> list[int]:
-    """--chat: cut at the first of the model's end tokens (generation_config.json's eos_token_id, e.g. a
-    chat turn's <|im_end|> besides the tokenizer's EOS)."""
+def _chat_ends(args) -> list[int]:
+    """--chat: the model's end tokens (generation_config.json's eos_token_id, e.g. a chat turn's
+    <|im_end|> besides the tokenizer's EOS); none otherwise."""
     import json
     from pathlib import Path
 
     path = Path(args.model) / "generation_config.json"
     if not args.chat or not path.is_file():
-        return new
+        return []
     eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
-    ends = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return [int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else [])]
+
+
+def _until_end(new: list[int], args) -> list[int]:
+    """--chat: cut at the first of the model's end tokens (`_chat_ends`)."""
+    ends = set(_chat_ends(args))
     return next((new[:i] for i, t in enumerate(new) if t in ends), new)
 
 
