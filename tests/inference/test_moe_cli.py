@@ -158,3 +158,12 @@ def test_moefy_eval_warns_on_a_tiny_model(dense, tmp_path, capsys):
         " 5.78x the dense model's 39.83 (warning above 2x)."
     ) in err
     assert "activate more experts (--top-k 2, or pick k from the table above)" in err
+
+
+def test_moefy_notes_a_non_sparse_activation(tmp_path, capsys):
+    save_transformer(tmp_path / "silu", tiny_model(320, gated=True, activation="silu"))
+    assert main(["moefy", str(tmp_path / "silu"), "--experts", "4", "--out", str(tmp_path / "moe")]) == 0
+    assert capsys.readouterr().err.endswith(
+        "densa moefy: note: this model's silu FFN is not activation-sparse, so top-1 of 4 experts may lose"
+        " much of its quality; measure it with --eval DATA_PREFIX\n"
+    )

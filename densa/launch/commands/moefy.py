@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+SPARSE_ACTIVATIONS = ("relu", "relu2")
 PPL_WARN_RATIO = 2.0
 """--eval: warn when perplexity at the chosen top-k exceeds this multiple of the dense (k = E) perplexity.
 MoEfication keeps >95% of a ReLU model's quality at 10-30% of the FFN; a doubled perplexity is far off."""
@@ -63,6 +64,14 @@ def _moefy(args: argparse.Namespace) -> int:
         f"wrote {out}: {config.n_layers} layers x {args.experts} experts of {config.ffn_dim // args.experts}"
         f" neurons, top-{top_k}" + ("" if tokenizer else " (no tokenizer in the source folder)")
     )
+    if config.activation not in SPARSE_ACTIVATIONS:  # before any number: the likely cause of a collapse
+        print(
+            f"densa moefy: note: this model's {config.activation} FFN is not activation-sparse, so"
+            f" top-{top_k} of {args.experts} experts may lose much of its quality"
+            + ("" if args.eval else "; measure it with --eval DATA_PREFIX"),
+            file=sys.stderr,
+            flush=True,
+        )
     if args.eval:
         sequences = _eval_sequences(args.eval, args.eval_tokens, args.seq_len)
         ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, top_k, args.experts) if k <= args.experts})
@@ -98,7 +107,7 @@ def quality_warning(
         advice.append(
             "if k-means on weights (parameter clustering) splits badly, co-activation clustering may not"
         )
-    if activation not in ("relu", "relu2"):
+    if activation not in SPARSE_ACTIVATIONS:
         # SwiGLU/SiLU activations are not sparse: no subset of experts carries the output.
         advice.insert(
             0,
