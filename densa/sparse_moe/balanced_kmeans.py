@@ -43,17 +43,21 @@ def balanced_assignment(scores: torch.Tensor, capacity: int) -> torch.Tensor:
     labels = scores.argmax(1)
     counts = torch.bincount(labels, minlength=k)
     inf = float("inf")
+    # Exact arithmetic has no negative cycles here, but rounding on tied scores (duplicate points) can
+    # fake one of size ~1e-15 and send the path walk around it forever: an improvement must beat this.
+    tol = 1e-9 * (1.0 + float(scores.abs().max()))
     while bool((counts > capacity).any()):
+        over = counts > capacity
         # move_cost[i, b]: score lost by moving point i from its cluster to b; edge[a, b]: cheapest such move.
         move_cost = scores.gather(1, labels[:, None]) - scores
         edge = torch.full((k, k), inf, dtype=scores.dtype, device=scores.device)
         edge.scatter_reduce_(0, labels[:, None].expand(n, k), move_cost, "amin")
         edge.fill_diagonal_(inf)
-        dist = torch.where(counts > capacity, 0.0, inf).to(scores.dtype)
+        dist = torch.where(over, 0.0, inf).to(scores.dtype)
         pred = torch.full((k,), -1, dtype=torch.long, device=scores.device)
-        for _ in range(k - 1):  # Bellman-Ford from all over-full clusters; edges may be negative, cycles not
+        for _ in range(k - 1):  # Bellman-Ford from all over-full clusters (the roots, never relaxed)
             cand, arg = (dist[:, None] + edge).min(0)
-            better = cand < dist
+            better = (cand < dist - tol) & ~over
             if not bool(better.any()):
                 break
             dist = torch.where(better, cand, dist)
@@ -61,10 +65,12 @@ def balanced_assignment(scores: torch.Tensor, capacity: int) -> torch.Tensor:
         sink = int(torch.where(counts < capacity, dist, inf).argmin())
         moves = []
         node = sink
-        for _ in range(k):
+        while not bool(over[node]):
             src = int(pred[node])
-            if src < 0:
-                break
+            if src < 0 or len(moves) == k:
+                raise RuntimeError(
+                    f"balanced assignment: no path from an over-full cluster to cluster {sink}"
+                )
             moves.append((int(torch.where(labels == src, move_cost[:, node], inf).argmin()), node))
             node = src
         for point, dest in moves:  # a path visits each cluster once, so the chosen points are distinct

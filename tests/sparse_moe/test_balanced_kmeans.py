@@ -31,6 +31,27 @@ def test_assignment_is_exactly_balanced_and_optimal_on_small_problems():
         assert got == pytest.approx(best, abs=1e-12)
 
 
+@pytest.mark.timeout(120)
+def test_duplicate_points_terminate_balanced_and_optimal():
+    # Dead ReLU neurons are identical points; the rounding on their tied scores once faked a negative
+    # cycle of -1.8e-15 and the augmenting-path walk went round it forever.
+    gen = torch.Generator().manual_seed(0)
+    points = torch.randn(64, 8, generator=gen)
+    points[:40] = 0
+    result = balanced_kmeans(points, 8, seed=0)
+    assert torch.bincount(result.labels, minlength=8).tolist() == [8] * 8
+    # Tied scores on a problem small enough to brute-force: still the optimum.
+    scores = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+    scores[:5] = scores[0]
+    labels = balanced_assignment(scores, capacity=2)
+    assert torch.bincount(labels, minlength=4).tolist() == [2, 2, 2, 2]
+    best = max(
+        float(scores[list(range(8)), list(p)].sum())
+        for p in set(itertools.permutations([0, 0, 1, 1, 2, 2, 3, 3]))
+    )
+    assert float(scores.gather(1, labels[:, None]).sum()) == pytest.approx(best, abs=1e-12)
+
+
 def test_balanced_kmeans_sizes_exact_better_than_random_and_deterministic():
     rows = clustered_rows(n=512, k=16)
     a = split_neurons(rows, 16, seed=3)

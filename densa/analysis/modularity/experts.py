@@ -78,8 +78,8 @@ def layer_partitions(
 def coactivation_points(patterns: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """[ffn_dim, n_tokens] each neuron's normalised |activation| pattern, plus a 1e-3 seeded jitter.
 
-    Dead neurons (all-zero patterns) are identical points; densa.sparse_moe's balanced assignment can
-    cycle on exact duplicates, so the jitter makes them distinct (they then fall into experts at random).
+    Dead neurons (all-zero patterns) are identical points; the jitter makes them distinct, so they fall
+    into experts at random rather than by the tie order of the assignment.
     """
     points = torch.nn.functional.normalize(patterns.abs().T.double(), dim=1)
     gen = torch.Generator().manual_seed(seed)
