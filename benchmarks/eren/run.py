@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from benchmarks.common import machine_info, write_results
 from densa.editing.evaluate import TABLE_KEYS, plot_metrics, run_eval
@@ -102,12 +103,20 @@ def instruction_setup(run_dir: Path) -> dict | None:
     # The first logged record closes step log_interval: add those steps' own time to the span.
     wall = train[-1]["time"] - first["time"] + first["perf/step_s"] * first["step"]
     step_s = sorted(r["perf/step_s"] for r in train)
+    recipe = (
+        yaml.safe_load((run_dir / "recipe.yaml").read_text()) if (run_dir / "recipe.yaml").is_file() else {}
+    )
+    data = recipe.get("data", {})
     return {
         "recipe": "recipes/eren_sft_smollm2.yaml",
         "steps": train[-1]["step"],
-        "examples_seen": train[-1]["train/consumed_samples"],
+        # consumed_samples counts rows; a packed row holds several examples.
+        "rows_seen": train[-1]["train/consumed_samples"],
+        "packed": bool(data.get("pack", False)),
+        "seq_len": data.get("seq_len"),
         "wall_s": round(wall),
         "median_step_s": round(step_s[len(step_s) // 2], 1),
+        "p10_step_s": round(step_s[len(step_s) // 10], 1),
         "train_loss_first_last": [round(first["train/loss"], 3), round(train[-1]["train/loss"], 3)],
         "val_loss": {r["step"]: round(r["val/loss"], 4) for r in valid},
     }
@@ -206,8 +215,9 @@ def main() -> int:
         lines += [
             "",
             f"Instruction setup ({setup['recipe']}): {setup['steps']} steps,"
-            f" {setup['examples_seen']} examples, {setup['wall_s'] / 60:.0f} min wall on this machine"
-            f" (median step {setup['median_step_s']} s);"
+            f" {setup['rows_seen']} {'packed ' if setup['packed'] else ''}rows of {setup['seq_len']} tokens,"
+            f" {setup['wall_s'] / 60:.0f} min wall on this machine"
+            f" (median step {setup['median_step_s']} s, fastest tenth {setup['p10_step_s']} s);"
             f" validation loss by step {setup['val_loss']}.",
         ]
     write_results("eren", payload, "\n".join(lines) + "\n")
