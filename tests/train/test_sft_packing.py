@@ -7,56 +7,28 @@ examples in their row, and a packed run must train and resume exactly like any o
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
 import torch.nn.functional as F
-from trainer_helpers import StopAt, replace, tiny_cfg, weights
+from trainer_helpers import SFT_VOCAB, StopAt, replace, sft_cfg, sft_corpus, weights
 
 from densa.config.schema import DatasetSource
 from densa.data.packing import PackedSFTDataset
 from densa.data.sampler import collate
 from densa.data.sft import SFTDataset
-from densa.data.sp_train import train_sentencepiece
 from densa.models.config import ModelConfig
 from densa.models.transformer import Transformer
 from densa.train.data import load_run_tokenizer, train_source
 from densa.train.eval import loss_sums
 from densa.train.run import build_trainer
 
-SEQ, VOCAB = 96, 320
-WORDS = [
-    "alpha",
-    "beta",
-    "gamma",
-    "delta",
-    "echo",
-    "foxtrot",
-    "golf",
-    "hotel",
-    "india",
-    "juliet",
-    "kilo",
-    "lima",
-]
+SEQ, VOCAB = 96, SFT_VOCAB
 
 
 @pytest.fixture(scope="module")
 def sft_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("packing")
-    rng = random.Random(0)
-    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choices(WORDS, k=12)) for _ in range(300)))
-    tok = train_sentencepiece([root / "corpus.txt"], root / "tok", vocab_size=VOCAB)
-    records = [
-        {
-            "prompt": " ".join(rng.choices(WORDS, k=rng.randint(1, 8))),
-            "response": " ".join(rng.choices(WORDS, k=rng.randint(1, 6))),
-        }
-        for _ in range(40)
-    ]
-    (root / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return tok, root / "sft.jsonl"
+    return sft_corpus(tmp_path_factory.mktemp("packing"))
 
 
 def _model() -> Transformer:
@@ -124,18 +96,7 @@ def test_eval_sums_equal_unpacked(sft_files):
 
 
 def _packed_cfg(tmp_path, run_dir, tok, path, steps=2):
-    cfg = tiny_cfg(run_dir, steps=steps, global_samples=4, micro_batch=2)
-    cfg = replace(cfg, "model", vocab_size=VOCAB, max_seq_len=SEQ)
-    cfg = replace(cfg, "batch", global_tokens=4 * SEQ)
-    return replace(
-        cfg,
-        "data",
-        format="sft",
-        pack=True,
-        seq_len=SEQ,
-        tokenizer=str(tok),
-        train=(DatasetSource(path=str(path)),),
-    )
+    return sft_cfg(run_dir, tok, path, SEQ, steps=steps, pack=True)
 
 
 def _unpacked_loss(model: Transformer, micro: dict) -> float:

@@ -3,15 +3,10 @@ loss is the response-only loss computed by hand from the initial weights and the
 
 from __future__ import annotations
 
-import json
-import random
-
 import torch
-from trainer_helpers import replace, tiny_cfg
+from trainer_helpers import sft_cfg, sft_corpus
 
-from densa.config.schema import DatasetSource
 from densa.data.sft import SFTDataset
-from densa.data.sp_train import train_sentencepiece
 from densa.models import causal_lm_loss
 from densa.train.callbacks import Callback
 from densa.train.data import train_source
@@ -26,47 +21,15 @@ class InitialWeights(Callback):
 
 
 def test_sft_recipe_trains_on_responses_only(tmp_path, ds_world):
-    rng = random.Random(0)
-    words = [
-        "alpha",
-        "beta",
-        "gamma",
-        "delta",
-        "echo",
-        "foxtrot",
-        "golf",
-        "hotel",
-        "india",
-        "juliet",
-        "kilo",
-        "lima",
-    ]
-    (tmp_path / "corpus.txt").write_text("\n".join(" ".join(rng.choices(words, k=12)) for _ in range(300)))
-    tok = train_sentencepiece([tmp_path / "corpus.txt"], tmp_path / "tok", vocab_size=320)
-    records = [
-        {"prompt": " ".join(rng.choices(words, k=5)), "response": " ".join(rng.choices(words, k=7))}
-        for _ in range(40)
-    ]
-    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-
-    cfg = tiny_cfg(tmp_path / "run", steps=2, global_samples=4, micro_batch=2)
-    cfg = replace(cfg, "model", vocab_size=320, max_seq_len=SEQ)
-    cfg = replace(cfg, "batch", global_tokens=4 * SEQ)
-    cfg = replace(
-        cfg,
-        "data",
-        format="sft",
-        seq_len=SEQ,
-        tokenizer=str(tok),
-        train=(DatasetSource(path=str(tmp_path / "sft.jsonl")),),
-    )
+    tok, jsonl = sft_corpus(tmp_path, prompt_words=(5, 5), response_words=(7, 7))
+    cfg = sft_cfg(tmp_path / "run", tok, jsonl, SEQ)
     probe = InitialWeights()
     trainer = build_trainer(cfg, callbacks=[probe])
     result = trainer.fit()
 
     # The same first step's micro-batches, straight from the recipe's data path.
     first_step = next(train_source(cfg, 4, 2, 0, 1, trainer_tokenizer(tok))(0))
-    reference = SFTDataset(tmp_path / "sft.jsonl", tok, SEQ)
+    reference = SFTDataset(jsonl, tok, SEQ)
     for micro in first_step:
         for ids, mask in zip(micro["input_ids"], micro["loss_mask"]):
             assert 0 < mask.sum() < (ids != reference.pad_id).sum()  # prompt tokens carry no loss

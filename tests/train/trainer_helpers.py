@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from densa.config.schema import (
     BatchSection,
     CheckpointSection,
     DataSection,
+    DatasetSource,
     LoggingSection,
     OptimSection,
     ParallelSection,
@@ -28,6 +31,57 @@ from densa.train.callbacks import Callback
 
 VOCAB, SEQ = 64, 16
 REPO = Path(__file__).resolve().parents[2]
+SFT_VOCAB = 320
+SFT_WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+]
+
+
+def sft_corpus(
+    root: Path,
+    *,
+    examples: int = 40,
+    prompt_words: tuple[int, int] = (1, 8),
+    response_words: tuple[int, int] = (1, 6),
+) -> tuple[Path, Path]:
+    """A SentencePiece tokenizer (SFT_VOCAB ids, trained on a seeded word corpus) and a prompt/response
+    JSONL of `examples` records with word counts drawn from the given inclusive ranges: (tokenizer, jsonl)."""
+    from densa.data.sp_train import train_sentencepiece
+
+    rng = random.Random(0)
+    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choices(SFT_WORDS, k=12)) for _ in range(300)))
+    tok = train_sentencepiece([root / "corpus.txt"], root / "tok", vocab_size=SFT_VOCAB)
+    records = [
+        {
+            "prompt": " ".join(rng.choices(SFT_WORDS, k=rng.randint(*prompt_words))),
+            "response": " ".join(rng.choices(SFT_WORDS, k=rng.randint(*response_words))),
+        }
+        for _ in range(examples)
+    ]
+    (root / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return tok, root / "sft.jsonl"
+
+
+def sft_cfg(
+    out_dir: str | Path, tok: Path, jsonl: Path, seq: int, *, steps: int = 2, **data: Any
+) -> RunConfig:
+    """tiny_cfg on SFT data: vocab SFT_VOCAB, rows of `seq` tokens, 4 rows per step in micro-batches of 2."""
+    cfg = tiny_cfg(out_dir, steps=steps, global_samples=4, micro_batch=2)
+    cfg = replace(cfg, "model", vocab_size=SFT_VOCAB, max_seq_len=seq)
+    cfg = replace(cfg, "batch", global_tokens=4 * seq)
+    train = (DatasetSource(path=str(jsonl)),)
+    return replace(cfg, "data", format="sft", seq_len=seq, tokenizer=str(tok), train=train, **data)
 
 
 def tiny_cfg(
