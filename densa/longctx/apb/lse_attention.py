@@ -1,0 +1,37 @@
+"""Attention that also returns the log-sum-exp of each query's scores, and the exact merge of partial
+outputs by their LSEs: softmax over keys split into parts = Σ_p exp(lse_p - lse) · out_p with
+lse = logsumexp_p(lse_p). Ring merges the KV blocks it receives this way; Star and APB merge the
+per-host outputs of distributed decode."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [B, Hq, Tq, D], k/v [B, Hkv, Tk, D] (GQA: query head h uses KV head h // (Hq / Hkv)),
+    allowed bool [Tq, Tk] (None: all) -> out [B, Hq, Tq, D], lse [B, Hq, Tq] in fp32.
+
+    A query with no allowed key gets out 0 and lse -inf, which the merge weighs 0."""
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [B, Hq, Tq, Tk]
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse.unsqueeze(-1).clamp_min(torch.finfo(scores.dtype).min))
+    return (probs @ v.float()).to(q.dtype), lse
+
+
+def merge(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine partial attentions over disjoint key sets: outs [B, H, T, D], lses [B, H, T] each."""
+    lse_all = torch.stack(lses)  # [P, B, H, T]
+    total = torch.logsumexp(lse_all, dim=0)
+    weights = torch.exp(lse_all - total.clamp_min(torch.finfo(total.dtype).min))  # -inf parts weigh 0
+    out = sum(w.unsqueeze(-1) * o.float() for w, o in zip(weights, outs, strict=True))
+    return out.to(outs[0].dtype), total
