@@ -6,7 +6,9 @@ remembers over a note that contradicts it. Each example here is a chat turn whos
 way inference builds it, by the same retriever over a pool of notes (top-k, the relevant note at a
 random position), so the reader learns the retriever's errors:
 
-    positive      a note answers; >= 50% of them state a counterfactual object (only reading can give it)
+    positive      a note answers; >= 50% of them state a counterfactual object (only reading can give it);
+                  some contexts also hold forced same-relation or same-subject notes, so the answer must
+                  be picked by subject and relation, not by how plausible the object sounds
     negative      no note answers -> "unanswerable"; contexts hold same-subject/other-relation notes,
                   same-relation/other-subject notes, look-alike subjects, or plain retrieval results
     closed_book   "Please answer this question: q" -> the true object (the fallback step)
@@ -33,7 +35,11 @@ from densa.editing.templates import SFT_RELATIONS, TEMPLATES, TWO_HOP
 from densa.editing.world import World
 from densa.outputs import write_text_atomic
 
-MIX = {"positive": 0.40, "negative": 0.35, "closed_book": 0.15, "two_hop": 0.10}
+MIX = {"positive": 0.45, "negative": 0.32, "closed_book": 0.13, "two_hop": 0.10}
+# Distractors forced next to the answering note. Without them a reader shown a counterfactual note
+# among retrieved notes of the same relation learns to abstain when the object sounds implausible
+# ("Amman is in Papua New Guinea"), which was most of its edit-success errors.
+POSITIVE_CONTEXTS = {"retrieved": 0.5, "same_relation": 0.3, "same_subject": 0.2}
 NEGATIVE_KINDS = {
     "retrieved": 0.35,
     "same_subject": 0.25,
@@ -56,6 +62,8 @@ class Spec:
     """(subject, relation) pairs whose pool notes may not appear (they would answer or contradict)."""
     k: int = 0
     detail: str = ""
+    context: str = ""
+    """How a positive's distractors were chosen (`POSITIVE_CONTEXTS`); counted in the stats."""
 
 
 def _statement(subject: str, relation: str, obj: str, rng: random.Random) -> str:
@@ -68,13 +76,43 @@ def _question(subject: str, relation: str, rng: random.Random) -> str:
     return t.question(subject, rng.randrange(len(t.train_questions)))
 
 
+def _distractors(
+    world: World,
+    subject: str,
+    relation: str,
+    context: str,
+    rng: random.Random,
+    by_relation: dict[str, list[tuple[str, str, str]]],
+    n: int,
+) -> list[str]:
+    """Notes that do not answer (subject, relation): other subjects' `relation`, or `subject`'s other
+    relations; each states its true object or a counterfactual one."""
+    if context == "same_relation":
+        picks = [
+            (s2, relation, o2) for s2, _, o2 in rng.sample(by_relation[relation], n + 1) if s2 != subject
+        ]
+    elif context == "same_subject":
+        others = [
+            (subject, rel, o)
+            for rel, o in world.by_subject[subject].items()
+            if rel != relation and rel in SFT_RELATIONS
+        ]
+        picks = rng.sample(others, min(n, len(others)))
+    else:
+        return []
+    return [
+        _statement(s2, r2, world.counterfactual(r2, o2, rng) if rng.random() < 0.5 else o2, rng)
+        for s2, r2, o2 in picks[:n]
+    ]
+
+
 def build_eren_sft(
     world: World,
     retriever,
     n_examples: int = 3000,
     seed: int = 0,
     max_k: int = 6,
-    counterfactual_ratio: float = 0.6,
+    counterfactual_ratio: float = 0.75,
     pool_ratio: float = 0.5,
 ) -> tuple[list[dict], dict]:
     """(records, stats): chat records `{"messages": [...], "kind": ...}` and counts per kind."""
@@ -106,18 +144,12 @@ def build_eren_sft(
         if kind == "positive":
             cf = rng.random() < counterfactual_ratio
             target = world.counterfactual(r, o, rng) if cf else o
-            specs.append(
-                Spec(
-                    kind,
-                    q,
-                    target,
-                    [_statement(s, r, target, rng)],
-                    [],
-                    {(s, r)},
-                    k,
-                    "counterfactual" if cf else "true",
-                )
-            )
+            context = rng.choices(list(POSITIVE_CONTEXTS), weights=list(POSITIVE_CONTEXTS.values()))[0]
+            forced = _distractors(world, s, r, context, rng, by_relation, n=rng.randint(1, 2))
+            spec = Spec(kind, q, target, [_statement(s, r, target, rng)], forced, {(s, r)}, k)
+            spec.detail = "counterfactual" if cf else "true"
+            spec.context = context if forced else "retrieved"
+            specs.append(spec)
         elif kind == "negative":
             neg = rng.choices(list(NEGATIVE_KINDS), weights=list(NEGATIVE_KINDS.values()))[0]
             forced = []
@@ -172,6 +204,8 @@ def build_eren_sft(
     out = []
     for sp in specs:
         stats[f"{sp.kind}/{sp.detail}"] += 1
+        if sp.context:
+            stats[f"{sp.kind}/context/{sp.context}"] += 1
         if sp.kind == "closed_book":
             user = rng.choice(CLOSED_BOOK_VARIANTS).format(question=sp.question)
         else:
@@ -189,6 +223,7 @@ def build_eren_sft(
                 "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": sp.target}],
                 "kind": sp.kind,
                 "detail": sp.detail,
+                **({"context": sp.context} if sp.context else {}),
             }
         )
     return out, {"examples": len(out), "pool_notes": len(pool_notes), "by_kind": dict(sorted(stats.items()))}

@@ -87,8 +87,19 @@ def test_sft_data_teaches_reading_and_abstaining(world):
             assert any(
                 n in answering and n.rstrip(".").endswith(target) or target in n for n in notes & answering
             )
+            if r["context"] == "same_subject":  # a note on another of s's relations sits next to the answer
+                other = {
+                    TEMPLATES[r2].statement(s, o, i)
+                    for r2 in SFT_RELATIONS
+                    if r2 != rel
+                    for o in world.ranges.get(r2, ())
+                    for i in range(len(TEMPLATES[r2].statements))
+                }
+                assert notes & other, user
         elif r["kind"] == "negative":
             assert target == ABSTAIN and not (notes & answering), (user, target)
         else:
             assert r["kind"] == "closed_book" and target == world.get(s, rel)
     assert kinds["closed_book"] > 0 and kinds["two_hop"] > 0 and kinds["negative"] > 0
+    contexts = Counter(r["context"] for r in positives)
+    assert contexts["same_subject"] > 0 and contexts["same_relation"] > 0 and contexts["retrieved"] > 0

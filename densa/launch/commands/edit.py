@@ -83,7 +83,7 @@ def register_data(sub) -> None:
     )
     e.add_argument("--max-k", type=int, default=6, help="notes per context are drawn from 1..max-k")
     e.add_argument(
-        "--counterfactual", type=float, default=0.6, help="share of positives whose note is counterfactual"
+        "--counterfactual", type=float, default=0.75, help="share of positives whose note is counterfactual"
     )
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(handler=_eren_sft)
