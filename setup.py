@@ -31,6 +31,7 @@ setup(
         "protobuf",
         "gguf",
         "accelerate",
+        "peft",
     ],
     extras_require={
         # wandb is optional for users (`logging.wandb`), installed for tests so CI exercises it.

@@ -287,6 +287,30 @@ def _heads_problems(cfg: RunConfig, training: bool) -> list[Problem]:
     return out
 
 
+def _lora_problems(cfg: RunConfig) -> list[Problem]:
+    out = []
+    if not cfg.init.from_path:
+        out.append(Problem("init.from_path", "lora.enabled needs a model to load (the weights LoRA adapts)"))
+    if cfg.parallel.tp != 1:
+        out.append(Problem("parallel.tp", f"lora.enabled needs tp = 1, got {cfg.parallel.tp}"))
+    if cfg.parallel.zero_stage == 3:  # ZeRO-3 partitions the base weights the adapters wrap: untested
+        out.append(Problem("parallel.zero_stage", "lora.enabled runs with ZeRO 0, 1 or 2, not 3"))
+    ffn = "gate_up_proj" if cfg.model.gated else "up_proj"
+    for bad in ({"gate_up_proj", "up_proj"} - {ffn}) & set(cfg.lora.target_modules):
+        gated = str(cfg.model.gated).lower()
+        out.append(Problem("lora.target_modules", f"{bad}: this model (model.gated: {gated}) has {ffn}"))
+    for other, on in (
+        ("ssd.enabled", cfg.ssd.enabled),
+        ("sparsity.prosparse.enabled", cfg.sparsity.prosparse.enabled),
+        ("retaining_heads.enabled", cfg.retaining_heads.enabled),
+    ):
+        if on:  # each trains or re-shapes the base weights, which LoRA keeps frozen
+            out.append(
+                Problem(other, "cannot be combined with lora.enabled (the model's weights are frozen)")
+            )
+    return out
+
+
 # (dotted path, minimum, inclusive) for the numbers that must be positive or non-negative.
 _BOUNDS = (
     ("data.seq_len", 1),
@@ -397,6 +421,8 @@ def cross_section_problems(
     out += _export_problems(cfg, about_to_run=world_size is not None)
     if cfg.retaining_heads.enabled:
         out += _heads_problems(cfg, training)
+    if cfg.lora.enabled:
+        out += _lora_problems(cfg)
     if not out:  # the generated DeepSpeed config is only meaningful for an otherwise valid recipe
         from densa.config.deepspeed_config import deepspeed_problems
 

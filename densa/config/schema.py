@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from densa.lora.config import LoRAConfig
 from densa.models.config import ModelConfig
 from densa.sparse_moe.config import SSDConfig
 
-# The `ssd:` section is SSD's own config (one definition, in densa/sparse_moe/config.py).
+# The `ssd:` and `lora:` sections are the methods' own configs (one definition each, in
+# densa/sparse_moe/config.py and densa/lora/config.py).
 SSDSection = SSDConfig
+LoRASection = LoRAConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -257,5 +260,6 @@ class RunConfig:
     ssd: SSDConfig = field(default_factory=SSDConfig)
     sparsity: SparsitySection = field(default_factory=SparsitySection)
     retaining_heads: RetainingHeadsSection = field(default_factory=RetainingHeadsSection)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     deepspeed: dict[str, Any] = field(default_factory=dict)
     """Extra DeepSpeed config keys; may add to, never contradict, the generated config."""

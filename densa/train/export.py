@@ -12,6 +12,9 @@ Where each part comes from:
 - tokenizer: `data.tokenizer` (or `densa export --tokenizer`), copied with its chat template;
 - model card: the resolved recipe, its datasets' manifests, metrics.jsonl up to `step`, and a
   sparsity.json / predictors.safetensors in the checkpoint folder or the run dir.
+
+A LoRA run's weights (adapters next to the frozen base) are exported as the recipe's `lora.export` (or
+`lora_export`) says: merged into plain weights, or as a peft adapter folder (`densa.lora.export`).
 """
 
 from __future__ import annotations
@@ -53,6 +56,16 @@ def with_source_metadata(config: ModelConfig, init_path: str | os.PathLike | Non
     return dataclasses.replace(config, extra={**source.extra, **config.extra})
 
 
+def recipe_lora(recipe: dict[str, Any]) -> Any:
+    """The `LoRAConfig` of a resolved recipe (as parsed YAML); the default (off) when it has none."""
+    from densa.lora.config import LoRAConfig
+
+    fields = dict(recipe.get("lora") or {})
+    if "target_modules" in fields:
+        fields["target_modules"] = tuple(fields["target_modules"])
+    return LoRAConfig(**fields)
+
+
 def export_run(
     out: str | os.PathLike,
     config: ModelConfig,
@@ -68,19 +81,37 @@ def export_run(
     sparsity_report: str | os.PathLike | None = None,
     predictors: str | os.PathLike | None = None,
     overwrite: bool = False,
+    lora_export: str | None = None,
 ) -> Path:
     """Write the HF folder `out` for a run's model (`folder`: the checkpoint read, for side files).
 
     `license` None takes the source model's (`init.from_path`), or apache-2.0 for a model trained from
     scratch. Destination checks are the caller's (`densa.outputs`); the folder is written atomically.
+    `lora_export` (merged | adapter) overrides the recipe's `lora.export` for a LoRA run's weights.
     """
     import yaml
 
     from densa.inference import data_rows, export_model, last_metrics
+    from densa.lora.adapters import is_lora_state, merge_lora_state
 
     recipe: dict[str, Any] = (yaml.safe_load(recipe_text) or {}) if recipe_text else {}
     init = (recipe.get("init") or {}).get("from_path")
     config = with_source_metadata(config, init)
+    if is_lora_state(state):
+        lora = recipe_lora(recipe)
+        if (lora_export or lora.export) == "adapter":
+            from densa.lora.export import export_adapter
+
+            name = (run or folder or Path(out)).name
+            return export_adapter(
+                out, config, state, lora, tokenizer=tokenizer, dtype=dtype, name=name, license=license,
+                overwrite=overwrite,
+            )  # fmt: skip
+        state = merge_lora_state(state, lora)
+    elif lora_export == "adapter":
+        raise DensaError(
+            f"{folder or run}: holds no LoRA adapters (not a lora.enabled run); export it merged"
+        )
     found_sparsity, found_predictors = side_files(folder, run)
     metrics_file = run / "metrics.jsonl" if run is not None else None
     return export_model(

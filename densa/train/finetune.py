@@ -45,13 +45,18 @@ def _kind(folder: Path) -> tuple[str, Path]:
     )
 
 
-def _checkpoint_config(folder: Path) -> ModelConfig:
+def _checkpoint_recipe(folder: Path):
     from densa.config.load import load_recipe
     from densa.train.checkpoint import RECIPE_FILE
+
+    return load_recipe(folder / RECIPE_FILE, check=False)
+
+
+def _checkpoint_config(folder: Path) -> ModelConfig:
     from densa.train.methods import trained_model_config
 
     # The architecture trained, not the one loaded: ProSparse swaps the activation to ReLU.
-    return trained_model_config(load_recipe(folder / RECIPE_FILE, check=False))
+    return trained_model_config(_checkpoint_recipe(folder))
 
 
 def read_model_config(path: str | os.PathLike, *, max_seq_len: int | None = None) -> ModelConfig:
@@ -68,18 +73,26 @@ def read_model_config(path: str | os.PathLike, *, max_seq_len: int | None = None
     return _checkpoint_config(folder)
 
 
-def load_weights(path: str | os.PathLike) -> tuple[ModelConfig | None, dict[str, torch.Tensor]]:
-    """(model config if recorded, tp = 1 densa state dict) of an HF/densa folder or a checkpoint."""
+def load_weights(
+    path: str | os.PathLike, *, merge_lora: bool = True
+) -> tuple[ModelConfig | None, dict[str, torch.Tensor]]:
+    """(model config if recorded, tp = 1 densa state dict) of an HF/densa folder or a checkpoint.
+
+    A LoRA run's checkpoint comes back merged (W + alpha / rank · B·A under plain names) unless
+    `merge_lora` is False: then with its adapters (`densa.lora.adapters` names), for an adapter export."""
+    from densa.lora.adapters import merge_lora_state
     from densa.models.checkpoint_io import load_model_state
     from densa.models.hf.importer import load_hf_state
     from densa.train.checkpoint import checkpoint_weights
+    from densa.train.methods import trained_model_config
 
     kind, folder = _kind(Path(path))
     if kind == "hf":
         return load_hf_state(folder)
     if kind == "densa":
         return load_model_state(folder)
-    return _checkpoint_config(folder), checkpoint_weights(folder)
+    recipe, state = _checkpoint_recipe(folder), checkpoint_weights(folder)
+    return trained_model_config(recipe), merge_lora_state(state, recipe.lora) if merge_lora else state
 
 
 def init_from(model: nn.Module, path: str | os.PathLike, tp_rank: int = 0) -> None:

@@ -1,8 +1,8 @@
-"""The recipe's method sections (`ssd:`, `sparsity:`, `retaining_heads:`) turned into trainer parts.
+"""The recipe's method sections (`ssd:`, `sparsity:`, `retaining_heads:`, `lora:`) turned into trainer parts.
 
 Each method is one `Method` in the `METHODS` registry: when its recipe switch is on it may
 - `prepare` the model before the engine (and so the optimizer) exists: ProSparse's ReLU swap; for a
-  retaining-head run, attach heads and freeze the backbone;
+  retaining-head run, attach heads and freeze the backbone; LoRA's adapters (the rest frozen);
 - add `callbacks` (given the gradient-accumulation steps): SSD switching, activation-ratio tracking,
   ProSparse's L1 (and FATReLU), the retaining-head callback;
 - replace the LM `loss` (the retaining-head loss); at most one enabled method may.
@@ -206,6 +206,12 @@ def _heads_data(cfg: RunConfig, num_samples: int) -> Any | None:
     return TaskDataset(task, num_samples, cfg.data.seq_len, seed=cfg.run.seed, vocab=vocab)
 
 
+def _lora_prepare(cfg: RunConfig, model: nn.Module) -> None:
+    from densa.lora.adapters import apply_lora
+
+    apply_lora(model, cfg.lora)  # after init.from_path's weights are loaded, before the optimizer exists
+
+
 register(Method("ssd.enabled", lambda cfg: cfg.ssd.enabled, callbacks=_ssd_callbacks))
 register(
     Method("sparsity.track_interval", lambda cfg: cfg.sparsity.track_interval > 0, callbacks=_track_callbacks)
@@ -228,3 +234,4 @@ register(
         data=_heads_data,
     )
 )
+register(Method("lora.enabled", lambda cfg: cfg.lora.enabled, prepare=_lora_prepare))

@@ -40,6 +40,12 @@ def register(subparsers) -> None:
         action="store_true",
         help="export an MoE folder (densa moefy) as its dense equivalent: same weights, every expert active",
     )
+    p.add_argument(
+        "--lora",
+        choices=["merged", "adapter"],
+        default=None,
+        help="a LoRA run: merged HF folder or peft adapter folder (default: the recipe's lora.export)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument(
         "--push-to-hub",
@@ -132,7 +138,7 @@ def _export(args: argparse.Namespace) -> int:
     files.update({"sparsity report": sparsity, "predictors file": predictors})
     check_destination(args.out, _sources(folder, run, files))
     check_replaceable(args.out, args.overwrite)
-    config, state = load_weights(folder)
+    config, state = load_weights(folder, merge_lora=False)  # export_run merges, or writes the adapters
     if config is None:
         raise CheckpointError(f"{folder}: records no model config")
     out = export_run(  # the exporter the end-of-training export.hf_dir uses too
@@ -149,6 +155,7 @@ def _export(args: argparse.Namespace) -> int:
         sparsity_report=sparsity,
         predictors=predictors,
         overwrite=args.overwrite,
+        lora_export=args.lora,
     )
     print(f"exported {folder} -> {out}" + ("" if tokenizer else " (no tokenizer found; pass --tokenizer)"))
     return _push(out, args) if args.push_to_hub else 0
