@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "densa"
 
-ANALYSIS = ("sparse_moe", "sparsity", "retaining_heads", "longctx", "editing", "density")
+ANALYSIS = ("sparse_moe", "sparsity", "retaining_heads", "longctx", "editing", "density", "plugins")
 CUDA_ALLOWED = ("densa.train.engine", "densa.kernels")
 
 

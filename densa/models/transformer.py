@@ -88,22 +88,25 @@ class Transformer(nn.Module):
 
     def hidden_states(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         *,
         position_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         doc_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids [B, T] -> final normed hidden states [B, T, dim].
 
         `doc_ids` [B, T] (packed rows): attention stays within equal ids; pass `position_ids` [B, T]
-        that restart at 0 per document so each one sees the positions it would see alone."""
-        seq = input_ids.shape[1]
+        that restart at 0 per document so each one sees the positions it would see alone.
+        `inputs_embeds` [B, T, dim] replaces the token embeddings (input_ids None): knowledge plugins
+        feed extra input vectors this way without changing a weight."""
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        seq = x.shape[1]
         mask = document_mask(doc_ids) if doc_ids is not None else None
         if position_ids is None:
             start = kv_cache.seen_tokens if kv_cache is not None else 0
-            position_ids = torch.arange(start, start + seq, device=input_ids.device)
-        x = self.embed_tokens(input_ids)
+            position_ids = torch.arange(start, start + seq, device=x.device)
         cos, sin = self.rope(position_ids, x.dtype)
         for layer in self.layers:
             if mask is not None:
@@ -119,14 +122,21 @@ class Transformer(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         *,
         position_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         doc_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids [B, T] -> logits [B, T, vocab_size] (`doc_ids`: see `hidden_states`)."""
-        hidden = self.hidden_states(input_ids, position_ids=position_ids, kv_cache=kv_cache, doc_ids=doc_ids)
+        """input_ids [B, T] -> logits [B, T, vocab_size] (`doc_ids`, `inputs_embeds`: see `hidden_states`)."""
+        hidden = self.hidden_states(
+            input_ids,
+            position_ids=position_ids,
+            kv_cache=kv_cache,
+            doc_ids=doc_ids,
+            inputs_embeds=inputs_embeds,
+        )
         return nn.functional.linear(hidden, self.output_weight)
 
     def new_kv_cache(self, initial_capacity: int = 256) -> KVCache:
