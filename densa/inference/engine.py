@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 
 from densa.inference.loading import LoadedModel, load_for_inference
+from densa.inference.moe_path import moe_kernels_installed
 from densa.inference.sparse_path import calibrate, layer_thresholds_from, sparse_ffn_installed
 from densa.models.generation import sample_next
 from densa.models.transformer import Transformer
@@ -217,8 +218,13 @@ class InferenceEngine:
         kv_options: dict[str, Any] | None = None,
         sparse_backend: str = "auto",
         track_sparsity: bool = False,
+        moe_backend: str = "auto",
     ) -> GenerationOutput:
-        """Generate for every prompt; groups of equal-length prompts run as one batch (see module doc)."""
+        """Generate for every prompt; groups of equal-length prompts run as one batch (see module doc).
+
+        An MoE model decodes through the expert kernels (`densa.inference.moe_path`, `moe_backend` auto /
+        native / triton / torch), or through `MoEFeedForward` itself with moe_backend="reference".
+        """
         if isinstance(prompts, str):
             prompts = [prompts]
         ids = [self.encode(p, config.add_bos) for p in prompts]
@@ -238,6 +244,8 @@ class InferenceEngine:
             context = sparse_ffn_installed(
                 self.model, self.thresholds, sparse_backend, track_sparsity, self.predictors
             )
+        elif ffn == "dense" and self.is_moe:
+            context = moe_kernels_installed(self.model, moe_backend)  # type: ignore[arg-type]
         elif ffn == "dense":
             context = contextlib.nullcontext([])
         else:
@@ -254,7 +262,7 @@ class InferenceEngine:
                         tokens = tokens[: tokens.index(eos)]
                         reasons[i] = "eos"
                     new[i] = tokens
-            if track_sparsity and wrappers:
+            if track_sparsity and ffn == "sparse" and wrappers:
                 stats.activation_ratio = [w.active / max(w.total, 1) for w in wrappers]
                 stats.read_ratio = [w.read / max(w.total, 1) for w in wrappers]
                 stats.predictor_recall = [w.recall for w in wrappers]

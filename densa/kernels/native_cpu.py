@@ -110,6 +110,14 @@ def _load() -> ctypes.CDLL:
         ptr, ptr, ptr, ptr, cint,           # idx, h, z, n_read work buffers, threads
     ]  # fmt: skip
     predicted.restype = i64
+    expert = lib.densa_expert_ffn_f32
+    expert.argtypes = [
+        ptr, ptr, i64, ptr, i64,            # gate, up, ld, down_t, ld_down
+        i64, i64, i64, ptr, i64, ptr, i64,  # experts, expert size, dim, x, tokens, sel, k
+        cint, ptr, ptr, ptr, ptr, ptr,      # activation, out, slot_tok, h, starts, used work buffers
+        cint,                               # threads
+    ]  # fmt: skip
+    expert.restype = i64
     return lib
 
 
@@ -280,3 +288,66 @@ def gather_axpy(h: torch.Tensor, idx: torch.Tensor, weight_t: torch.Tensor) -> t
         weight_t.shape[1], out.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     return out
+
+
+class ExpertFFN:
+    """Top-k MoE experts for a few tokens as one native call, prepared once per layer: x [N, dim] and
+    experts [N, k] (expert ids) -> out [N, dim] = Σ_j expert_{experts[n, j]}(x[n]).
+
+    Expert e is the contiguous neuron block [e·m, (e+1)·m) of gate/up/down_t (densa.sparse_moe's layout), so
+    only the selected experts' rows are read, each once for all the tokens routed to it. The combine weight
+    is 1, as in the forward of `densa.sparse_moe.MoEFeedForward`. gate/up [ffn_dim, dim] share one row stride
+    (up None for a plain FFN); down_t [ffn_dim, dim]; fp32 on CPU; activation in FUSED_ACTIVATIONS. Not
+    re-entrant (shared work buffers), like `ThresholdFFN`.
+    """
+
+    def __init__(
+        self,
+        gate: torch.Tensor,
+        up: torch.Tensor | None,
+        down_t: torch.Tensor,
+        num_experts: int,
+        activation: str,
+    ) -> None:
+        lib = library()
+        if lib is None:
+            raise RuntimeError("the native CPU kernels are not available")
+        if activation not in FUSED_ACTIVATIONS:
+            raise ValueError(f"fused activations are {sorted(FUSED_ACTIVATIONS)}, got {activation!r}")
+        if not (supports(gate, down_t) and (up is None or supports(up))):
+            raise ValueError(f"{type(self).__name__} needs fp32 CPU weights with contiguous rows")
+        if up is not None and up.stride(0) != gate.stride(0):
+            raise ValueError("gate and up rows must share one row stride")
+        self.ffn_dim, self.dim = gate.shape
+        if num_experts < 1 or self.ffn_dim % num_experts:
+            raise ValueError(f"{self.ffn_dim} neurons do not split into {num_experts} equal experts")
+        self.num_experts, self.expert_size = num_experts, self.ffn_dim // num_experts
+        self._lib = lib
+        self._tensors = (gate, up, down_t)  # keeps the memory behind the pointers alive
+        self._weights = (
+            gate.data_ptr(), None if up is None else up.data_ptr(), gate.stride(0), down_t.data_ptr(),
+            down_t.stride(0), num_experts, self.expert_size, self.dim,
+        )  # fmt: skip
+        self._act = FUSED_ACTIVATIONS[activation]
+        self._starts = torch.empty(num_experts + 1, dtype=torch.int64)
+        self._used = torch.empty(num_experts, dtype=torch.int64)
+
+    def __call__(self, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.dim or not supports(x):
+            raise ValueError(f"x must be fp32 CPU [tokens, {self.dim}], got {tuple(x.shape)} {x.dtype}")
+        if experts.dim() != 2 or experts.shape[0] != x.shape[0]:
+            raise ValueError(f"experts must be [{x.shape[0]}, k], got {tuple(experts.shape)}")
+        x = x.contiguous()
+        sel = experts.to(torch.int64).contiguous()
+        n, k = sel.shape
+        out = torch.empty(n, self.dim)
+        slot_tok = torch.empty(n * k, dtype=torch.int64)
+        h = torch.empty(n * k * self.expert_size)
+        status = self._lib.densa_expert_ffn_f32(
+            *self._weights, x.data_ptr(), n, sel.data_ptr(), k, self._act, out.data_ptr(),
+            slot_tok.data_ptr(), h.data_ptr(), self._starts.data_ptr(), self._used.data_ptr(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        if status != 0:
+            raise ValueError(f"expert ids must lie in [0, {self.num_experts}), got {sel.min()}..{sel.max()}")
+        return out

@@ -249,3 +249,77 @@ int64_t densa_predicted_ffn_f32(const float *p_down, const float *p_up, int64_t 
     return fused_ffn(p_up, rank, z, gate, up, ld, down_t, ld_down, F, d, x, t, act, out, idx, h, n_read,
                      nthreads);
 }
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Top-k MoE experts for a few tokens (decode) in one call. Expert e is the contiguous neuron block
+ * [e*m, (e+1)*m) of gate/up/down_t (densa.sparse_moe stores neurons expert by expert), so an expert is a
+ * known active set: only the selected experts' rows are read, each once for all the tokens routed to it.
+ *   sel [N, k] expert ids per token; out[n] = sum_j sum_{r in expert sel[n, j]} h[n, r] down_t[r]
+ *   h[n, r] = act(dot(gate_r, x_n)) (* dot(up_r, x_n) when gated)
+ * Work buffers: slot_tok [N*k], h [N*k*m], starts [E+1], used [E]. Returns 0, or -1 for an expert id
+ * outside [0, E) (nothing is written to out then).
+ */
+int64_t densa_expert_ffn_f32(const float *gate, const float *up, int64_t ld, const float *down_t,
+                             int64_t ld_down, int64_t E, int64_t m, int64_t d, const float *x, int64_t N,
+                             const int64_t *sel, int64_t k, int act, float *out, int64_t *slot_tok, float *h,
+                             int64_t *starts, int64_t *used, int nthreads) {
+    const int T = nthreads < 1 ? 1 : nthreads;
+    /* counting sort of the N*k slots by expert: slots of expert e are [starts[e], starts[e+1]) */
+    for (int64_t e = 0; e <= E; e++) starts[e] = 0;
+    for (int64_t s = 0; s < N * k; s++) {
+        if (sel[s] < 0 || sel[s] >= E) return -1;
+        starts[sel[s] + 1]++;
+    }
+    int64_t U = 0;
+    for (int64_t e = 0; e < E; e++) {
+        if (starts[e + 1] > 0) used[U++] = e;
+        starts[e + 1] += starts[e];
+    }
+    for (int64_t s = 0; s < N * k; s++) slot_tok[starts[sel[s]]++] = s / k; /* starts[e] now = end of e */
+    for (int64_t e = E; e > 0; e--) starts[e] = starts[e - 1];
+    starts[0] = 0;
+    const int64_t G = (m + ROWS - 1) / ROWS; /* row groups per expert */
+#pragma omp parallel num_threads(T)
+    {
+        /* up pass: items (used expert, row group); the group's rows stay in cache across its slots */
+#pragma omp for schedule(static)
+        for (int64_t it = 0; it < U * G; it++) {
+            const int64_t e = used[it / G], r0 = e * m + (it % G) * ROWS, c0 = (it % G) * ROWS;
+            const int nr = (int)(m - c0 < ROWS ? m - c0 : ROWS);
+            const float *rg[ROWS], *ru[ROWS];
+            float g[ROWS], u[ROWS];
+            for (int i = 0; i < nr; i++) {
+                rg[i] = gate + (r0 + i) * ld;
+                ru[i] = up != 0 ? up + (r0 + i) * ld : 0;
+            }
+            for (int64_t s = starts[e]; s < starts[e + 1]; s++) {
+                const float *xs = x + slot_tok[s] * d;
+                dot_rows(rg, nr, xs, d, g, 1);
+                if (up != 0) dot_rows(ru, nr, xs, d, u, 1);
+                for (int i = 0; i < nr; i++) h[s * m + c0 + i] = activate(g[i], act) * (up != 0 ? u[i] : 1.f);
+            }
+        } /* implicit barrier: h is complete */
+        /* down pass: threads split the output columns, so no two write the same element */
+        int tid = 0, nt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        const int64_t per = ((d + nt - 1) / nt + 15) / 16 * 16;
+        const int64_t clo = tid * per < d ? tid * per : d;
+        const int64_t chi = clo + per < d ? clo + per : d;
+        for (int64_t n = 0; n < N && clo < chi; n++)
+            for (int64_t j = clo; j < chi; j++) out[n * d + j] = 0.f;
+        for (int64_t u = 0; u < U && clo < chi; u++) {
+            const int64_t e = used[u];
+            for (int64_t c0 = 0; c0 < m; c0 += ROWS) {
+                const int nr = (int)(m - c0 < ROWS ? m - c0 : ROWS);
+                const float *r[ROWS];
+                for (int i = 0; i < nr; i++) r[i] = down_t + (e * m + c0 + i) * ld_down;
+                for (int64_t s = starts[e]; s < starts[e + 1]; s++)
+                    axpy_rows(r, h + s * m + c0, 1, nr, clo, chi, out + slot_tok[s] * d);
+            }
+        }
+    }
+    return 0;
+}

@@ -25,6 +25,13 @@ def register(subparsers) -> None:
         metavar="K",
         help="MoE folder (densa moefy): experts per token (default: moe.json's top_k; K = experts is dense)",
     )
+    p.add_argument(
+        "--moe-backend",
+        choices=("auto", "native", "triton", "torch", "reference"),
+        default="auto",
+        help="MoE folder: decode steps through the expert kernels (auto: native C on CPU fp32, Triton on "
+        "CUDA) or the reference MoE layer (default: %(default)s; see docs/inference.md)",
+    )
     kv = p.add_argument_group("KV-cache policy (chunked prefill under a budget; greedy decoding)")
     kv.add_argument(
         "--kv-policy",
@@ -76,6 +83,7 @@ def _handler(args) -> int:
 
     from densa.data.tokenizer import load_tokenizer
     from densa.errors import DensaError
+    from densa.inference.moe_path import moe_kernels_installed
     from densa.models.generation import generate
     from densa.train.finetune import find_tokenizer, load_model
 
@@ -98,21 +106,23 @@ def _handler(args) -> int:
         new = _generate_sparse(model, ids, args, tok, thresholds)
         print(tok.decode(_strip_bos(ids, tok, args) + _until_end(new, args)))
         return 0
-    if args.kv_policy is not None:
-        new = _generate_with_policy(model, ids, args, tok.eos_id)
-        print(tok.decode(_strip_bos(ids, tok, args) + _until_end(new, args)))
-        return 0
-    generator = torch.Generator().manual_seed(args.seed)
-    ends = [e for e in (tok.eos_id, *_chat_ends(args)) if e is not None]
-    out = generate(
-        model,
-        torch.tensor([ids]),
-        args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        eos_token_id=list(dict.fromkeys(ends)),  # --chat: also stop at a chat turn's end token
-        generator=generator,
-    )
+    # An MoE model decodes through the expert kernels (a dense one through its own layers).
+    with moe_kernels_installed(model, args.moe_backend):
+        if args.kv_policy is not None:
+            new = _generate_with_policy(model, ids, args, tok.eos_id)
+            print(tok.decode(_strip_bos(ids, tok, args) + _until_end(new, args)))
+            return 0
+        generator = torch.Generator().manual_seed(args.seed)
+        ends = [e for e in (tok.eos_id, *_chat_ends(args)) if e is not None]
+        out = generate(
+            model,
+            torch.tensor([ids]),
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            eos_token_id=list(dict.fromkeys(ends)),  # --chat: also stop at a chat turn's end token
+            generator=generator,
+        )
     new = out[0, len(ids) :].tolist()
     if tok.eos_id is not None and tok.eos_id in new:
         new = new[: new.index(tok.eos_id)]
