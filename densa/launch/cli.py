@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "launch",
     "eval",
     "generate",
+    "longctx",
     "convert",
     "export",
     "sparsity",

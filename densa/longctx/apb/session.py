@@ -188,11 +188,13 @@ class SequenceParallelSession:
         }
 
 
-def gather_counters(session: SequenceParallelSession) -> list[dict[str, Any]] | None:
-    """Every host's counters on rank 0 (None elsewhere); bookkeeping, not counted."""
+def gather_counters(
+    session: SequenceParallelSession, extra: dict[str, Any] | None = None
+) -> list[dict[str, Any]] | None:
+    """Every host's counters (plus `extra`) on rank 0, None elsewhere; bookkeeping, not counted."""
     import torch.distributed as dist
 
-    mine = session.counters()
+    mine = session.counters() | (extra or {})
     out: list[Any] | None = [None] * session.comm.world if session.comm.rank == 0 else None
     dist.gather_object(mine, out, dst=0, group=session.comm.group)
     return out
