@@ -1,32 +1,51 @@
 """Knowledge plugins (map-tuning, Zhang et al. 2023): a knowledge base with TransE embeddings, a mapping
 network into a frozen model's input space, and the `[E] / mention` rewrite that feeds the mapped vectors
-through `inputs_embeds`; no weight of the model changes. See docs/plugins.md."""
+through `inputs_embeds`; no weight of the model changes. See docs/plugins.md.
 
-from densa.plugins.errors import PluginError
-from densa.plugins.inject import Encoded, encode_mentions, plugged_embeds, plugged_logits
-from densa.plugins.io import load_embeddings, load_plugin, new_plugin, save_embeddings, save_plugin
-from densa.plugins.kb import KnowledgeBase, kb_from_facts, read_kb
-from densa.plugins.mapper import NO_ENTITY, UNKNOWN, KnowledgePlugin, model_fingerprint
-from densa.plugins.transe import TransEConfig, train_transe
+Names are loaded on first use (PEP 562): `densa.plugins.config` (the `plugin:` recipe section, which the
+recipe schema imports) must not pull in torch.
+"""
 
-__all__ = [
-    "NO_ENTITY",
-    "UNKNOWN",
-    "Encoded",
-    "KnowledgeBase",
-    "KnowledgePlugin",
-    "PluginError",
-    "TransEConfig",
-    "encode_mentions",
-    "kb_from_facts",
-    "load_embeddings",
-    "load_plugin",
-    "model_fingerprint",
-    "new_plugin",
-    "plugged_embeds",
-    "plugged_logits",
-    "read_kb",
-    "save_embeddings",
-    "save_plugin",
-    "train_transe",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "PluginConfig": "config",
+    "PluginError": "errors",
+    "Encoded": "inject",
+    "encode_mentions": "inject",
+    "plugged_embeds": "inject",
+    "plugged_logits": "inject",
+    "load_embeddings": "io",
+    "load_plugin": "io",
+    "new_plugin": "io",
+    "save_embeddings": "io",
+    "save_plugin": "io",
+    "KnowledgeBase": "kb",
+    "kb_from_facts": "kb",
+    "read_kb": "kb",
+    "NO_ENTITY": "mapper",
+    "UNKNOWN": "mapper",
+    "KnowledgePlugin": "mapper",
+    "model_fingerprint": "mapper",
+    "map_tune": "training",
+    "plugin_loss": "training",
+    "TransEConfig": "transe",
+    "train_transe": "transe",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'densa.plugins' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"densa.plugins.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

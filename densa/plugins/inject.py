@@ -34,6 +34,8 @@ class Encoded:
     """[start, end) token positions of each mention's surface tokens."""
     unknown: int
     """Mentions that linked to no entity (their [E] gets a zero vector)."""
+    mention_entities: list[int]
+    """Entity index (or UNKNOWN) of each mention; NO_ENTITY for all when not plugged."""
 
 
 def encode_mentions(
@@ -49,6 +51,7 @@ def encode_mentions(
     ids: list[int] = []
     ents: list[int] = []
     spans: list[tuple[int, int]] = []
+    linked: list[int] = []
     unknown, pos = 0, 0
 
     def add(piece: str) -> None:
@@ -62,19 +65,22 @@ def encode_mentions(
         # Whitespace before a mention stays with the mention's first token, as BPE tokenisers attach it.
         lead = " " if before != before.rstrip() or (plug and ids) else ""
         surface, target = m.group(1).strip(), m.group(2)
+        mention_entity = NO_ENTITY
         if plug:
             entity = None if kb is None else kb.link((target or surface).strip())
             unknown += entity is None
+            mention_entity = UNKNOWN if entity is None else entity
             ids.append(placeholder_id)
-            ents.append(UNKNOWN if entity is None else entity)
+            ents.append(mention_entity)
             add(SEPARATOR)
             lead = " "
+        linked.append(mention_entity)
         start = len(ids)
         add(lead + surface)
         spans.append((start, len(ids)))
         pos = m.end()
     add(text[pos:])
-    return Encoded(ids, ents, spans, unknown)
+    return Encoded(ids, ents, spans, unknown, linked)
 
 
 def plugged_embeds(
