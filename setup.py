@@ -37,6 +37,8 @@ setup(
         # wandb is optional for users (`logging.wandb`), installed for tests so CI exercises it.
         "dev": ["pytest", "pytest-timeout", "ruff", "matplotlib", "wandb"],
         "wandb": ["wandb"],
+        # lm-evaluation-harness: runs densa's density task files on exported HF folders (add_bos_token=False).
+        "eval": ["lm-eval"],
         "gpu": [],
     },
     entry_points={"console_scripts": ["densa=densa.launch.cli:main"]},
