@@ -9,6 +9,9 @@ import math
 
 import torch
 
+# Scores are materialised in fp32: queries go in slices so one slice's scores stay under this many elements.
+MAX_SCORES = 1 << 28
+
 
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None
@@ -17,6 +20,14 @@ def attend(
     allowed bool [Tq, Tk] (None: all) -> out [B, Hq, Tq, D], lse [B, Hq, Tq] in fp32.
 
     A query with no allowed key gets out 0 and lse -inf, which the merge weighs 0."""
+    batch, heads, seq = q.shape[:3]
+    step = max(1, MAX_SCORES // max(1, batch * heads * k.shape[2]))
+    if seq > step:
+        parts = [
+            attend(q[:, :, s : s + step], k, v, None if allowed is None else allowed[s : s + step])
+            for s in range(0, seq, step)
+        ]
+        return torch.cat([p[0] for p in parts], dim=2), torch.cat([p[1] for p in parts], dim=2)
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)

@@ -1,0 +1,269 @@
+"""APB vs Ring vs Star attention with H gloo processes (reference/longctx.md §7.4; issue 13).
+
+Backbone: `recipes/locret_backbone_tiny.yaml` (MQAR + passkey + first-occurrence, T ≤ 256; trained by
+benchmarks/locret, shared run dir runs/locret_bench/backbone). Retaining heads: runs/infllm_bench/heads_TASK
+(`recipes/locret_heads_tiny.yaml`, one set per task; the cross-host task uses the first-occurrence heads).
+
+Per task and H ∈ --hosts, every method prefills the 256-token context sequence-parallel on H gloo processes
+(forked; each with one thread), then feeds the query segment by Star-style distributed decode (answers
+teacher-forced); full attention is one process over the whole row. Methods: ring (exact, zigzag), star
+(anchor = block 0), apb (anchor = block/4 with BOS + the query, passing = block/8 per host and KV head by the
+retaining heads, max-pool 5), and the ablations apb_random (random passing tokens), apb_no_passing and
+apb_query_outside_anchor. Measures: answer accuracy, KL(full ‖ method) of the next-token distributions at
+the answer positions, bytes sent/received per host per layer and sequence (every collective counted),
+attention pairs and FFN tokens per host, prefill wall-clock (max over hosts; indicative: H processes share
+2 cores). The ablations run on the cross-host task only. Writes benchmarks/results/apb.{json,md,png}; each
+finished cell is cached in runs/apb_bench/rows.jsonl, so an interrupted run resumes (`--fresh` recomputes).
+`--quick` is a smoke run whose numbers mean nothing. The committed results: the defaults, OMP_NUM_THREADS=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.apb.cross_host import cross_host
+from benchmarks.apb.report import goals, markdown, plot
+from benchmarks.common import RESULTS_DIR, machine_info, write_results
+from benchmarks.locret.accuracy_vs_budget import RECIPES, load_backbone
+from benchmarks.locret.task_data import eval_sample
+from densa.config.load import load_recipe
+from densa.longctx.apb import SequenceParallelSession, SPConfig
+from densa.longctx.tasks import TaskSample, TaskVocab, answer_accuracy
+from densa.models import Transformer
+from densa.testing.distributed import run_distributed
+
+HEADS = {"mqar": "runs/infllm_bench/heads_mqar", "cross_host": "runs/infllm_bench/heads_first_occurrence"}
+METHODS: dict[str, SPConfig] = {
+    "ring": SPConfig("ring"),
+    "star": SPConfig("star"),
+    "apb": SPConfig("apb"),
+    "apb_random": SPConfig("apb", passing="random"),
+    "apb_no_passing": SPConfig("apb", passing="none"),
+    "apb_query_outside_anchor": SPConfig("apb", query_in_anchor=False),
+}
+ABLATIONS = ("apb_random", "apb_no_passing", "apb_query_outside_anchor")
+CONTEXT = 256
+ROWS_CACHE = Path("runs/apb_bench/rows.jsonl")
+
+
+def make_task(task: str, rows: int, hosts: int, seed: int) -> TaskSample:
+    if task == "mqar":  # the in-distribution setting of benchmarks/locret: 8 pairs, 4 queries
+        return eval_sample("mqar", rows, CONTEXT + 8, TaskVocab(), seed)
+    return cross_host(rows, CONTEXT, hosts, n_keys=4, n_queries=2, seed=seed)
+
+
+def _rank(model: Transformer, config: SPConfig, heads: str | None, sample: TaskSample, batch: int) -> dict:
+    """One rank: prefill + decode the rows in batches -> tail logits (last rank), first batch counters."""
+    context, query = sample.input_ids[:, : -sample.tail], sample.input_ids[:, -sample.tail :]
+    logits, counters, seconds = [], None, {"prefill": 0.0, "decode": 0.0}
+    for start in range(0, context.shape[0], batch):
+        session = SequenceParallelSession(model, config, heads=heads)
+        session.prefill(context[start : start + batch], query[start : start + batch])
+        logits.append(session.decode(query[start : start + batch]))
+        for phase in seconds:
+            seconds[phase] += session.seconds[phase]
+        counters = counters or session.counters() | {"rows": context[start : start + batch].shape[0]}
+    return {
+        "logits": torch.cat(logits) if logits[0] is not None else None,
+        "counters": counters,
+        "seconds": seconds,
+    }
+
+
+def kl_at_answers(full: torch.Tensor, other: torch.Tensor, sample: TaskSample) -> float:
+    """Mean KL(full ‖ other) of the next-token distributions at the answer positions (tail logits)."""
+    mask = sample.answer_mask[:, -sample.tail :]
+    log_p, log_q = full.log_softmax(-1), other.float().log_softmax(-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    return float(kl[mask].mean())
+
+
+def first_outside_block0(sample: TaskSample, hosts: int) -> torch.Tensor:
+    """[B, tail] bool: answers whose first occurrence lies outside block 0 (out of Star's anchor)."""
+    ctx = sample.input_ids.shape[1] - sample.tail
+    out = torch.zeros(sample.input_ids.shape[0], sample.tail, dtype=torch.bool)
+    for b, t in sample.answer_mask.nonzero().tolist():
+        ids = sample.input_ids[b].tolist()
+        first = next(p for p in range(ctx) if ids[p] == ids[t])
+        out[b, t - ctx] = first >= ctx // hosts
+    return out
+
+
+def _accuracy_where(logits: torch.Tensor, sample: TaskSample, where: torch.Tensor) -> float:
+    labels = sample.labels[:, -sample.tail :]
+    mask = sample.answer_mask[:, -sample.tail :] & where
+    return float(((logits.argmax(-1) == labels) & mask).sum()) / max(1, int(mask.sum()))
+
+
+def per_host(counters: list[dict], rows: int) -> dict[str, Any]:
+    """Per host: bytes per layer and sequence (mean over layers), attention pairs, FFN tokens, KV held."""
+    out: dict[str, list] = {
+        k: [] for k in ("prefill_recv", "prefill_sent", "decode_recv", "pairs", "ffn", "kv")
+    }
+    for c in counters:
+        layers = c["bytes_per_layer"]
+        out["prefill_recv"].append(sum(x["prefill"]["received"] for x in layers) / len(layers) / rows)
+        out["prefill_sent"].append(sum(x["prefill"]["sent"] for x in layers) / len(layers) / rows)
+        out["decode_recv"].append(sum(x["decode"]["received"] for x in layers) / len(layers) / rows)
+        out["pairs"].append(c["attention_pairs_per_layer"]["prefill"][0])
+        out["ffn"].append(c["ffn_tokens"]["prefill"])
+        out["kv"].append(c["kv_tokens_held"])
+    return {
+        "prefill_bytes_received_per_layer": out["prefill_recv"],
+        "prefill_bytes_sent_per_layer": out["prefill_sent"],
+        "decode_bytes_received_per_layer": out["decode_recv"],
+        "attention_pairs_per_layer": out["pairs"],
+        "ffn_tokens": out["ffn"],
+        "kv_tokens_held": out["kv"],
+    }
+
+
+def run_cell(model: Transformer, task: str, hosts: int, args: argparse.Namespace) -> list[dict]:
+    sample = make_task(task, args.rows, hosts, seed=1000 + hosts)
+    with torch.no_grad():
+        start = time.perf_counter()
+        full = torch.cat(
+            [model(sample.input_ids[s : s + args.batch]) for s in range(0, args.rows, args.batch)]
+        )
+        full_seconds = time.perf_counter() - start
+    full = full[:, -sample.tail :]
+    outside = first_outside_block0(sample, hosts) if task == "cross_host" else None
+    rows = [
+        {
+            "task": task,
+            "hosts": hosts,
+            "method": "full",
+            "accuracy": answer_accuracy(full, sample),
+            "kl_vs_full": 0.0,
+            "prefill_seconds": full_seconds,
+        }
+    ]
+    if outside is not None:
+        rows[0]["accuracy_first_outside_block0"] = _accuracy_where(full, sample, outside)
+    cached = _cached(task, hosts, args.rows)
+    for name, config in METHODS.items():
+        if (args.methods and name not in args.methods) or (task == "mqar" and name in ABLATIONS):
+            continue  # the ablations are about the cross-host dependency
+        if name in cached:
+            rows.append(cached[name])
+            continue
+        if args.cached_only:
+            continue
+        heads = (
+            f"{HEADS[task]}/retaining_heads.safetensors"
+            if config.method == "apb" and config.passing == "heads"
+            else None
+        )
+        start = time.perf_counter()
+        results = run_distributed(_rank, hosts, args=(model, config, heads, sample, args.batch), timeout=600)
+        wall = time.perf_counter() - start
+        logits = results[-1]["logits"]
+        counters = [r["counters"] for r in results]
+        row = {
+            "task": task,
+            "hosts": hosts,
+            "method": name,
+            "config": dataclasses.asdict(config),
+            "accuracy": answer_accuracy(logits, sample),
+            "kl_vs_full": kl_at_answers(full, logits, sample),
+            "prefill_seconds": max(r["seconds"]["prefill"] for r in results),
+            "decode_seconds": max(r["seconds"]["decode"] for r in results),
+            "job_seconds": wall,
+            "block": counters[0]["block"],
+            "anchor_len": counters[-1]["anchor_len"],
+            "passing_len": counters[-1]["passing_len"],
+        } | per_host(counters, counters[0]["rows"])
+        if outside is not None:
+            row["accuracy_first_outside_block0"] = _accuracy_where(logits, sample, outside)
+        print(
+            f"{task} H={hosts} {name}: acc {row['accuracy']:.3f} kl {row['kl_vs_full']:.4f}"
+            f" recv/layer {max(row['prefill_bytes_received_per_layer']):.0f} B",
+            flush=True,
+        )
+        rows.append(row)
+        if not args.quick:
+            with ROWS_CACHE.open("a") as f:
+                f.write(json.dumps(row | {"rows": args.rows}) + "\n")
+    return rows
+
+
+def _cached(task: str, hosts: int, n_rows: int) -> dict[str, dict]:
+    """Rows of an interrupted run with the same settings (runs/apb_bench/rows.jsonl), by method."""
+    if not ROWS_CACHE.exists():
+        return {}
+    found = [json.loads(line) for line in ROWS_CACHE.read_text().splitlines() if line.strip()]
+    return {
+        r["method"]: {k: v for k, v in r.items() if k != "rows"}
+        for r in found
+        if (r["task"], r["hosts"], r["rows"]) == (task, hosts, n_rows)
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--hosts", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--tasks", nargs="+", default=["cross_host", "mqar"])
+    p.add_argument("--methods", nargs="*", default=None, help="default: all")
+    p.add_argument("--rows", type=int, default=128)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--cached-only", action="store_true", help="report the cached cells only, run none")
+    p.add_argument("--fresh", action="store_true", help="ignore rows cached by an interrupted run")
+    p.add_argument("--quick", action="store_true", help="smoke run: 16 rows, results not written")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rows, args.batch = 16, 16
+    torch.set_num_threads(1)
+    cfg = load_recipe(RECIPES / "locret_backbone_tiny.yaml")
+    if not (Path(cfg.run.out_dir) / "checkpoints").is_dir():
+        raise SystemExit(
+            f"{cfg.run.out_dir}: no trained backbone; run python -m benchmarks.locret.accuracy_vs_budget"
+        )
+    for task in args.tasks:
+        if not Path(HEADS[task], "retaining_heads.safetensors").is_file():
+            raise SystemExit(f"{HEADS[task]}: no retaining heads; run python -m benchmarks.infllm.run first")
+    model = load_backbone(cfg)
+    ROWS_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    if args.fresh:
+        ROWS_CACHE.unlink(missing_ok=True)
+    started = time.perf_counter()
+    rows = [r for task in args.tasks for hosts in args.hosts for r in run_cell(model, task, hosts, args)]
+    payload = {
+        "benchmark": "apb",
+        "config": {
+            "context": CONTEXT,
+            "rows": args.rows,
+            "batch": args.batch,
+            "hosts": args.hosts,
+            "tasks": args.tasks,
+            "methods": {k: dataclasses.asdict(v) for k, v in METHODS.items()},
+            "heads": HEADS,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        },
+        "machine": machine_info(),
+        "backbone": {
+            "recipe": "recipes/locret_backbone_tiny.yaml",
+            "params": sum(p.numel() for p in model.parameters()),
+        },
+        "seconds": time.perf_counter() - started,
+        "results": rows,
+    }
+    payload["goals"] = goals(rows, args.hosts)
+    if args.quick:
+        print(payload["goals"])
+        return 0
+    png = plot(payload, RESULTS_DIR / "apb.png")
+    write_results("apb", payload, markdown(payload, png))
+    print(f"wrote {RESULTS_DIR / 'apb.json'}; goals met: {payload['goals']['met']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""benchmarks/apb: the cross-host task puts each key's two occurrences in two host blocks and asks for the
+first value; the goal check reads the result rows as the issue states the goals."""
+
+from __future__ import annotations
+
+from benchmarks.apb.cross_host import cross_host
+from benchmarks.apb.report import goals
+from densa.longctx.tasks import TaskVocab
+
+
+def test_cross_host_keys_sit_on_two_hosts_and_the_label_is_the_first_value() -> None:
+    vocab, hosts, context = TaskVocab(), 4, 128
+    sample = cross_host(16, context, hosts, n_keys=4, n_queries=2, seed=3)
+    assert sample.input_ids.shape == (16, context + 4) and sample.tail == 4
+    for b in range(16):
+        ids = sample.input_ids[b].tolist()
+        for t in sample.answer_mask[b].nonzero().flatten().tolist():
+            key = ids[t]
+            where = [p for p in range(context) if ids[p] == key]
+            assert len(where) == 2 and where[0] // 32 < where[1] // 32  # two different blocks, in order
+            assert ids[where[0] + 1] != ids[where[1] + 1]  # different values
+            assert int(sample.labels[b, t]) == ids[where[0] + 1]  # the first one is the answer
+        assert ids[0] == vocab.bos
+
+
+def _row(method: str, hosts: int, acc: float, recv: float = 0.0) -> dict:
+    return {
+        "task": "cross_host", "hosts": hosts, "method": method, "accuracy": acc,
+        "prefill_bytes_received_per_layer": [recv, recv],
+    }  # fmt: skip
+
+
+def test_goals_as_the_issue_states_them() -> None:
+    rows = []
+    for hosts, star in ((2, 0.8), (4, 0.6)):
+        rows += [_row("full", hosts, 0.95), _row("ring", hosts, 0.95, 800), _row("apb", hosts, 0.94, 100)]
+        rows += [
+            _row("star", hosts, star),
+            _row("apb_random", hosts, star + 0.02),
+            _row("apb_no_passing", hosts, star),
+        ]
+    g = goals(rows, [2, 4])
+    assert g["met"] and g["star_gap_grows_with_hosts"] and g["per_hosts"][4]["apb_over_ring_bytes"] == 0.125
+    rows[2] = _row("apb", 2, 0.92, 100)  # 3 points below Ring
+    g = goals(rows, [2, 4])
+    assert not g["met"] and not g["per_hosts"][2]["checks"]["apb_within_2_points_of_ring"]
