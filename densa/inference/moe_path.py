@@ -11,6 +11,7 @@ The output equals the reference path up to fp32 summation order (tests/inference
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 from typing import Literal
 
@@ -30,15 +31,13 @@ class MoEDecodeFFN(nn.Module):
     """Wraps an MoEFeedForward: its own forward for large steps, `ExpertKernel` for small ones.
 
     The kernel needs the down projection neuron-major (`SparseFFNWeights.down_t`): one copy of W_down per
-    layer while installed.
+    layer, made on first use and kept while the layer lives (until its weights change).
     """
 
     def __init__(self, moe: MoEFeedForward, backend: ExpertBackend = "auto") -> None:
         super().__init__()
         self.moe = moe
-        first = moe.gate_up_proj.weight if moe.gated else moe.up_proj.weight
-        weights = SparseFFNWeights.from_dense(first, moe.down_proj.weight, moe.gated)
-        self.kernel = ExpertKernel(weights, moe.num_experts, moe.activation, backend)
+        self.kernel = _prepared_kernel(moe, backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
@@ -51,6 +50,25 @@ class MoEDecodeFFN(nn.Module):
                 moe.expert_load.dtype
             )
         return self.kernel(flat, experts).reshape(x.shape)
+
+
+# Prepared kernels per MoE layer, so repeated generate calls do not copy W_down again; an in-place weight
+# update (its tensor version) or another backend prepares anew. Weak keys: a freed model frees its kernels.
+_PREPARED: weakref.WeakKeyDictionary[MoEFeedForward, tuple[tuple, ExpertKernel]] = weakref.WeakKeyDictionary()
+
+
+def _prepared_kernel(moe: MoEFeedForward, backend: ExpertBackend) -> ExpertKernel:
+    first = moe.gate_up_proj.weight if moe.gated else moe.up_proj.weight
+    down = moe.down_proj.weight
+    key = (backend, first.data_ptr(), first._version, down.data_ptr(), down._version, moe.num_experts)
+    cached = _PREPARED.get(moe)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    kernel = ExpertKernel(
+        SparseFFNWeights.from_dense(first, down, moe.gated), moe.num_experts, moe.activation, backend
+    )
+    _PREPARED[moe] = (key, kernel)
+    return kernel
 
 
 def kernel_unsupported(moe: nn.Module) -> str | None:

@@ -85,3 +85,21 @@ def test_large_steps_and_unsupported_layers_keep_the_reference_path():
     bad = pytest.raises(ValueError, match="moe backend must be auto, native, triton, torch or reference")
     with bad, moe_kernels_installed(model, "fast"):  # type: ignore[arg-type]
         pass
+
+
+@needs_native
+def test_prepared_kernels_are_reused_until_the_weights_change():
+    model = _moe(False, "relu")
+    tokens = torch.tensor([[3, 9]])
+    with torch.no_grad(), moe_kernels_installed(model) as first:
+        model(tokens)
+    with torch.no_grad(), moe_kernels_installed(model) as second:
+        model(tokens)
+    assert all(a.kernel is b.kernel for a, b in zip(first, second, strict=True))  # no second W_down copy
+    with torch.no_grad():
+        model.layers[0].ffn.down_proj.weight.mul_(2.0)  # in place: the prepared copy is stale
+        ref = model(tokens)
+        with moe_kernels_installed(model) as third:
+            out = model(tokens)
+    assert third[0].kernel is not first[0].kernel and third[1].kernel is first[1].kernel
+    assert (out - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
