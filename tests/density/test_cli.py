@@ -1,0 +1,116 @@
+"""`densa density eval` and `densa density law` in-process; the series file and its recipes."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from densa.config.checks import validate
+from densa.config.load import load_recipe
+from densa.data.sp_train import train_sentencepiece
+from densa.data.tokenizer import load_tokenizer
+from densa.density import Reference, estimate_density, fit_reference, load_suite, score_suite
+from densa.launch.cli import main
+from densa.launch.density_series import load_series, non_embedding, run_config
+from densa.models import ModelConfig, Transformer
+from densa.models.checkpoint_io import save_transformer
+from densa.train.finetune import load_model
+from tests.density.test_scoring import write_suite
+
+ROOT = Path(__file__).resolve().parents[2]
+SERIES = ROOT / "recipes" / "density" / "series.yaml"
+
+
+def test_law_command_reports_the_doubling_time(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    table = tmp_path / "models.csv"
+    rows = [
+        ("a", "2023-02-24", 0),
+        ("b", "2023-06-04", 100),
+        ("c", "2024-03-20", 390),
+        ("d", "2024-07-03", 495),
+    ]
+    days = {"a": 0, "b": 100, "c": 390, "d": 495}
+    table.write_text(
+        "name,date,density\n" + "".join(f"{n},{d},{math.exp(0.007 * days[n] - 2)}\n" for n, d, _ in rows)
+    )
+    assert main(["density", "law", "--table", str(table), "--plot", str(tmp_path / "law.png")]) == 0
+    out = capsys.readouterr().out
+    assert "ln ρ_max = 0.00700·t + -2.0000" in out and "R² = 1.000" in out
+    assert "doubling time ln2/A = 99.0 days (3.25 months)" in out
+    assert (tmp_path / "law.png").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("density_eval")
+    (root / "corpus.txt").write_text("q: what is two? answer: the answer is 2. sum 1 and 3 is 4.\n" * 200)
+    tok = train_sentencepiece([root / "corpus.txt"], root / "tok", vocab_size=320, num_threads=1)
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelConfig(vocab_size=320, dim=32, n_layers=2, n_heads=2, ffn_dim=64, max_seq_len=128)
+    )
+    folder = save_transformer(root / "model", model, extra_files=[tok])
+    (root / "tasks").mkdir()
+    tasks = write_suite(root / "tasks")
+    rows = []
+    for i, (n, k) in enumerate([(n, k) for n in (2e3, 8e3, 3e4) for k in (5, 10, 20)]):
+        loss = 40 * n**-0.3 + 300 * (k * n) ** -0.35
+        rows.append({"name": f"r{i}", "N": n, "D": k * n, "loss": loss})
+    mid = sorted(r["loss"] for r in rows)[len(rows) // 2]
+    for r in rows:  # a sigmoid whose range (-0.1, 1.1) holds every score
+        r["score"] = 1.2 / (1 + math.exp(r["loss"] - mid)) - 0.1
+    data = fit_reference(rows, d0=1e6, holdout=2)
+    data["tokenizer_fingerprint"] = load_tokenizer(tok).fingerprint
+    data["tasks_dir"] = str(tasks)
+    (root / "reference.json").write_text(json.dumps(data))
+    return folder, root / "reference.json"
+
+
+def test_eval_gives_a_density_with_an_interval(
+    setup: tuple[Path, Path], capsys: pytest.CaptureFixture
+) -> None:
+    folder, reference = setup
+    assert main(["density", "eval", str(folder), "--reference", str(reference), "--n-boot", "20"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    data = json.loads(reference.read_text())
+    model = load_model(folder)  # recomputed here, outside the command
+    s = score_suite(model, load_tokenizer(folder / "tokenizer.model").encode, load_suite(data["tasks_dir"]))
+    n = model.config.num_params(include_embeddings=False)
+    want = estimate_density(Reference.from_dict(data), n, s.loss, s.score, n_boot=20)
+    assert out["n_params"] == n and out["loss"] == pytest.approx(s.loss, rel=1e-9)
+    assert out["rho"] == pytest.approx(want.rho, rel=1e-9)
+    lo, hi = out["rho_interval"]
+    assert lo <= hi and math.isfinite(lo) and math.isfinite(hi)
+
+
+def test_eval_refuses_a_different_tokenizer(setup: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    folder, reference = setup
+    data = json.loads(reference.read_text())
+    data["tokenizer_fingerprint"] = "0" * 64
+    other = tmp_path / "reference.json"
+    other.write_text(json.dumps(data))
+    assert main(["density", "eval", str(folder), "--reference", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert "differs from the one the reference series and its tasks were scored with (000000000000)" in err
+    assert "per-token conditional losses are not comparable" in err
+
+
+def test_series_file_and_recipes(tmp_path: Path) -> None:
+    series = load_series(SERIES)
+    assert series.runs[:3] == (("ref_s1.yaml", 5.0), ("ref_s1.yaml", 10.0), ("ref_s1.yaml", 20.0))
+    cfg = run_config(series, "ref_s1.yaml", 5)
+    assert non_embedding(cfg) == 21664 and cfg.train.steps == math.ceil(5 * 21664 / 4096) == 27
+    assert (cfg.schedule.kind, cfg.checkpoint.resume, cfg.run.name) == ("wsd", "auto", "ref_s1_x5")
+    sizes = [non_embedding(run_config(series, r, 1)) for r in series.recipes]
+    assert sizes == sorted(sizes) and series.d0 == series.d0_multiple * sizes[-1]
+    for path in sorted(SERIES.parent.glob("ref_*.yaml")) + [SERIES.parent / "base.yaml"]:
+        validate(load_recipe(path), 1, source=path.name)
+    shutil.copy(SERIES, tmp_path / "series.yaml")
+    (tmp_path / "bad.yaml").write_text("recipes: [a.yaml]\n")
+    with pytest.raises(Exception, match=r"bad.yaml: not a density series file \(KeyError: 'multiples'\)"):
+        load_series(tmp_path / "bad.yaml")
