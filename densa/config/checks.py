@@ -401,6 +401,10 @@ def cross_section_problems(
             value = getattr(cfg.model, name)
             if value % tp:
                 out.append(Problem(f"model.{name}", f"{value} is not divisible by parallel.tp={tp}"))
+    if cfg.train.compile and (tp > 1 or cfg.parallel.zero_stage == 3):
+        out.append(Problem("train.compile", "is tested with parallel.tp = 1 and ZeRO 0, 1 or 2 only"))
+    if not cfg.train.compile and cfg.train.compile_mode != "default":
+        out.append(Problem("train.compile_mode", "has no effect without train.compile: true"))
     if device is not None and device != "cuda" and cfg.parallel.precision == "fp16":
         out.append(
             Problem("parallel.precision", f"fp16 needs a GPU (this run is on {device}); use bf16 or fp32")

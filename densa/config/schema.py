@@ -118,6 +118,10 @@ class TrainSection:
     """Optimizer steps to run."""
     max_bad_steps: int = 5
     """Stop after this many consecutive steps with a NaN/inf loss (each is skipped and counted)."""
+    compile: bool = False
+    """torch.compile the model (`nn.Module.compile`: checkpoints keep their keys); the first steps compile."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    """torch.compile mode, with train.compile: true."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -55,7 +55,10 @@ def build_model(cfg: RunConfig) -> torch.nn.Module:
         init_from(model, cfg.init.from_path, tp_rank)
     freeze(model, cfg.init.freeze)
     model.gradient_checkpointing = cfg.parallel.activation_checkpointing
-    return prepare_model(cfg, model)
+    model = prepare_model(cfg, model)
+    if cfg.train.compile:  # in place: the module (and its state-dict keys) stays the same object
+        model.compile(mode=cfg.train.compile_mode)
+    return model
 
 
 def _no_empty_run_dir(build: Callable[..., Trainer]) -> Callable[..., Trainer]:
