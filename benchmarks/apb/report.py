@@ -133,7 +133,14 @@ def plot(payload: dict, path: Path) -> str | None:
         acc = [t[("cross_host", h, m)]["accuracy"] for h in hosts if ("cross_host", h, m) in t]
         if len(acc) == len(hosts):
             axes[0].plot(hosts, acc, marker="o", label=m)
-    axes[0].set(xlabel="hosts H", ylabel="accuracy", title="cross-host first-occurrence", xticks=hosts)
+    # A fixed range: a zoomed axis would make 1-point differences (2-4 answers of 256) look large.
+    axes[0].set(
+        xlabel="hosts H",
+        ylabel="accuracy",
+        title="cross-host first-occurrence",
+        xticks=hosts,
+        ylim=(0.8, 1.0),
+    )
     axes[0].legend(fontsize=7)
     for i, m in enumerate(["ring", "apb"]):
         kib = [max(t[("cross_host", h, m)]["prefill_bytes_received_per_layer"]) / 1024 for h in hosts]
