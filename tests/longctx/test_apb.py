@@ -83,12 +83,23 @@ def test_ring_equals_full_attention_on_2_and_4_ranks() -> None:
 
 
 def test_apb_with_whole_block_passing_equals_ring() -> None:
-    config = SPConfig("apb", anchor_len=0, passing_len=CONTEXT // 2)
-    results = run_distributed(_run, 2, args=(config, True), timeout=60)
-    _check_exact(results)
-    # one all-gather per layer of the compressed block (here the whole block)
-    c = results[1]["counters"]["bytes_per_layer"][0]["prefill"]
-    assert c == {"sent": 2 * 2 * 2 * 16 * 8 * 4, "received": 2 * 2 * 2 * 16 * 8 * 4, "calls": 1}
+    for world in (2, 4):
+        config = SPConfig("apb", anchor_len=0, passing_len=CONTEXT // world)
+        results = run_distributed(_run, world, args=(config, True), timeout=60)
+        _check_exact(results)
+        # one all-gather per layer of the compressed block (here the whole block): K, V · 2 rows · 2 KV heads
+        block_bytes = 2 * 2 * 2 * (CONTEXT // world) * 8 * 4
+        c = results[1]["counters"]["bytes_per_layer"][0]["prefill"]
+        assert c == {"sent": (world - 1) * block_bytes, "received": (world - 1) * block_bytes, "calls": 1}
+
+
+def test_apb_without_passing_and_a_block_anchor_is_star() -> None:
+    config = SPConfig("apb", anchor_len=CONTEXT // 4, passing="none", query_in_anchor=False)
+    apb = run_distributed(_run, 4, args=(config,), timeout=60)
+    star = run_distributed(_run, 4, args=(SPConfig("star"),), timeout=60)
+    for a, s in zip(apb, star, strict=True):
+        torch.testing.assert_close(a["local"], s["local"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(apb[-1]["tail"], star[-1]["tail"], atol=1e-5, rtol=0)
 
 
 def test_star_host_sees_anchor_and_own_block_only() -> None:
