@@ -93,7 +93,7 @@ def markdown(payload: dict) -> str:
         f"{payload['config']['model']}, bf16, random weights; {payload['config']['hosts']} × "
         f"{payload['machine'].get('cuda_device')}, NCCL. Median of {payload['config']['repeats']} prefills.",
         "",
-        "| context | method | prefill s | MiB recv. / layer (max host) | pairs / layer (max host) | FFN tokens |",
+        "| context | method | prefill s | MiB recv. / layer (max host) | pairs / layer (max host) | FFN |",
         "|---|---|---|---|---|---|",
     ]
     for r in payload["results"]:
