@@ -4,7 +4,8 @@ Each YAML uses lm-eval's own keys (`task`, `tag`, `dataset_path: json`, `dataset
 `output_type`, `doc_to_text`, `doc_to_target`, `doc_to_choice`, `target_delimiter`, `metric_list`), so
 `lm_eval --include_path DIR --tasks density` runs the same requests. The tag says what a task feeds:
 `density_loss` tasks give the conditional loss −log P(output | instruction) per token, `density_score`
-tasks give the accuracy S. Templates are `{{field}}` substitutions of the JSONL record's fields.
+tasks give the accuracy S. Templates are `{{field}}` substitutions of the JSONL record's fields (a subset
+of lm-eval's Jinja templates).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _task_yaml(name: str, tag: str, output_type: str, text: str, target: str, ch
 TASK_FILES: dict[str, dict] = {
     **{
         f"{n}_loss.yaml": _task_yaml(
-            n, "density_loss", "loglikelihood", "{{instruction}}", "{{output}}", None
+            n, "density_loss", "loglikelihood", "{{instruction}}", " {{output}}", None
         )
         for n in ("facts", "twohop", "arith")
     },
@@ -56,7 +57,7 @@ TASK_FILES: dict[str, dict] = {
     ),  # fmt: skip
     **{
         f"{n}_score.yaml": _task_yaml(
-            n, "density_score", "loglikelihood", "{{acc_context}}", "{{answer}}", None
+            n, "density_score", "loglikelihood", "{{acc_context}}", " {{answer}}", None
         )
         for n in ("twohop", "arith")
     },
@@ -75,7 +76,7 @@ def write_task_files(folder: str | Path) -> list[Path]:
 
 def render(template: str, doc: dict[str, Any]) -> Any:
     """`{{field}}` substitution; a template that is exactly one field returns the raw value (list, int)."""
-    whole = _FIELD.fullmatch(template.strip())
+    whole = _FIELD.fullmatch(template)
     try:
         if whole:
             return doc[whole.group(1)]
@@ -98,11 +99,13 @@ class Task:
     target_delimiter: str = " "
 
     def requests(self, doc: dict) -> list[tuple[str, str]]:
-        """(context, continuation) pairs of one document: one, or one per choice."""
+        """(context, continuation) pairs of one document: one, or one per choice. As in lm-eval, the
+        target delimiter goes before each choice of a multiple_choice task only: a loglikelihood task's
+        target template carries its own leading space."""
         text, target = render(self.doc_to_text, doc), render(self.doc_to_target, doc)
         if self.output_type == "multiple_choice":
             return [(text, self.target_delimiter + str(c)) for c in render(self.doc_to_choice or "", doc)]
-        return [(text, self.target_delimiter + str(target))]
+        return [(text, str(target))]
 
     def gold(self, doc: dict) -> int:
         return int(render(self.doc_to_target, doc)) if self.output_type == "multiple_choice" else 0

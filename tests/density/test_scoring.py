@@ -126,6 +126,8 @@ def test_task_files_are_lm_eval_yaml(tmp_path: Path) -> None:
     assert (task.output_type, task.tag) == ("multiple_choice", "density_score")
     assert task.requests(task.docs[0]) == [(task.docs[0]["acc_context"], f" {c}") for c in ("1", "2", "3")]
     assert render("Q {{ answer }}!", {"answer": 4}) == "Q 4!"
+    loss = load_task(tmp_path / "arith_loss.yaml")  # lm-eval adds no delimiter to loglikelihood targets
+    assert loss.requests(loss.docs[0]) == [(loss.docs[0]["instruction"], " " + loss.docs[0]["output"])]
     with pytest.raises(DataError, match="names field 'missing'"):
         render("{{missing}}", {})
 
