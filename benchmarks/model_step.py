@@ -1,20 +1,25 @@
-"""Train-step time (forward + backward) of densa's decoder vs transformers' LlamaForCausalLM.
+"""Train-step time (forward + backward) of densa's decoder, eager and torch.compile'd, vs transformers'
+LlamaForCausalLM.
 
 Same config, same weights, CPU fp32, three sizes (~2M, ~10M, ~40M parameters). Each library uses its
-own standard loss path (densa: `causal_lm_loss` on shifted labels; HF: `labels=`), steps are timed
-interleaved, and the result is the ratio of medians (HF time / densa time: > 1 means densa is faster).
+own standard loss path (densa: `causal_lm_loss` on shifted labels; HF: `labels=`); `densa compiled` is the
+same densa model after `nn.Module.compile()` (what `train.compile: true` does; compile time is spent in
+warm-up, not timed). Steps are timed interleaved; speed-ups are ratios of medians (eager / compiled time,
+transformers / densa eager time: > 1 means the compiled, resp. densa, step is faster), in wall-clock and in
+process CPU time (which leaves out time a loaded machine gives to other jobs).
 
-    python benchmarks/model_step.py [--repeats 7] [--batch 4] [--seq 256]
+    python -m benchmarks.model_step [--repeats 7] [--batch 4] [--seq 256] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from benchmarks.common import machine_info, median, time_interleaved, write_results
+from benchmarks.common import machine_info, median, write_results
 from densa.models import ModelConfig, Transformer, causal_lm_loss
 from densa.models.hf import densa_to_hf
 
@@ -65,24 +70,103 @@ def bench_size(name: str, batch: int, seq: int, repeats: int) -> dict:
         hf.zero_grad(set_to_none=True)
         return loss
 
+    compiled = Transformer(config).train()
+    compiled.load_state_dict(ours.state_dict())
+    compiled.compile()
+
+    def compiled_step() -> torch.Tensor:
+        loss = causal_lm_loss(compiled(inputs), labels)
+        loss.backward()
+        compiled.zero_grad(set_to_none=True)
+        return loss
+
     # Same weights must give the same loss (HF shifts labels itself: compare on the same targets).
     with torch.no_grad():
         ours_loss = causal_lm_loss(ours(inputs)[:, :-1], labels[:, :-1]).item()
         hf_loss = hf(input_ids=inputs, labels=inputs).loss.item()
-    times = time_interleaved({"densa": densa_step, "transformers": hf_step}, repeats=repeats)
-    densa_s, hf_s = median(times["densa"]), median(times["transformers"])
+        compiled_loss = causal_lm_loss(compiled(inputs)[:, :-1], labels[:, :-1]).item()
+    steps = {"densa": densa_step, "densa_compiled": compiled_step, "transformers": hf_step}
+    wall, cpu = _timed(steps, repeats)
+    med = {n: median(t) for n, t in wall.items()}
+    med_cpu = {n: median(t) for n, t in cpu.items()}
     return {
         "size": name,
         "params": config.num_params(),
         "config": SIZES[name],
         "loss_densa": ours_loss,
+        "loss_densa_compiled": compiled_loss,
         "loss_transformers": hf_loss,
-        "densa_step_s": densa_s,
-        "transformers_step_s": hf_s,
-        "speedup": hf_s / densa_s,
-        "densa_times_s": times["densa"],
-        "transformers_times_s": times["transformers"],
+        "densa_step_s": med["densa"],
+        "densa_compiled_step_s": med["densa_compiled"],
+        "transformers_step_s": med["transformers"],
+        "speedup": med["transformers"] / med["densa"],
+        "compiled_speedup": med["densa"] / med["densa_compiled"],
+        "cpu_s": med_cpu,
+        "speedup_cpu": med_cpu["transformers"] / med_cpu["densa"],
+        "compiled_speedup_cpu": med_cpu["densa"] / med_cpu["densa_compiled"],
+        "densa_times_s": wall["densa"],
+        "densa_compiled_times_s": wall["densa_compiled"],
+        "transformers_times_s": wall["transformers"],
+        "cpu_times_s": cpu,
     }
+
+
+def _timed(fns: dict, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and process-CPU seconds per call, interleaved call by call after 2 warm-up calls each (the
+    compiled model compiles in its first)."""
+    for fn in fns.values():
+        fn()
+        fn()
+    wall: dict[str, list[float]] = {n: [] for n in fns}
+    cpu: dict[str, list[float]] = {n: [] for n in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            c, w = time.process_time(), time.perf_counter()
+            fn()
+            wall[name].append(time.perf_counter() - w)
+            cpu[name].append(time.process_time() - c)
+    return wall, cpu
+
+
+def _span(values: list[float]) -> str:
+    lo, hi = f"{min(values):.2f}", f"{max(values):.2f}"
+    return f"{lo}×" if lo == hi else f"{lo}–{hi}×"
+
+
+def report(rows: list[dict], batch: int, seq: int, repeats: int, threads: int) -> str:
+    """The markdown table and prose for `rows` (one per size)."""
+    lines = [
+        "# Train step: densa (eager and torch.compile) vs transformers LlamaForCausalLM (CPU fp32)",
+        "",
+        f"batch {batch} × seq {seq}, {threads} torch thread(s), median of {repeats} interleaved steps "
+        "(compile time excluded: warm-up); speed-ups are ratios of median step times, wall-clock (process "
+        "CPU time in brackets).",
+        "",
+        "| size | params | densa step (s) | densa compiled (s) | transformers step (s) "
+        "| compiled over eager | densa over transformers | loss densa | loss compiled | loss HF |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['params'] / 1e6:.2f}M | {r['densa_step_s']:.4f} "
+            f"| {r['densa_compiled_step_s']:.4f} | {r['transformers_step_s']:.4f} "
+            f"| **{r['compiled_speedup']:.2f}×** ({r['compiled_speedup_cpu']:.2f}×) "
+            f"| **{r['speedup']:.2f}×** ({r['speedup_cpu']:.2f}×) "
+            f"| {r['loss_densa']:.5f} | {r['loss_densa_compiled']:.5f} | {r['loss_transformers']:.5f} |"
+        )
+    hf = _span([r["speedup"] for r in rows])
+    hf_cpu = _span([r["speedup_cpu"] for r in rows])
+    comp = _span([r["compiled_speedup"] for r in rows])
+    comp_cpu = _span([r["compiled_speedup_cpu"] for r in rows])
+    lines += [
+        "",
+        "Both models do the same FLOPs. densa fuses the Q/K/V and gate/up projections (4 linear calls per",
+        "layer instead of 7), shares KV heads inside SDPA without copying them and rotates q and k in one",
+        f"pass; measured here, transformers takes {hf} densa's eager step time (CPU time: {hf_cpu}).",
+        f"torch.compile (inductor) changes densa's step by {comp} wall-clock and {comp_cpu} in CPU time",
+        "(> 1 is faster); per-step times are in the JSON.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -101,33 +185,10 @@ def main() -> None:
         row = bench_size(name, args.batch, args.seq, args.repeats)
         print(f"{name}: {row['params'] / 1e6:.1f}M params, speedup {row['speedup']:.3f}x", flush=True)
         rows.append(row)
-    lines = [
-        "# Train step: densa vs transformers LlamaForCausalLM (CPU fp32)",
-        "",
-        f"batch {args.batch} × seq {args.seq}, {torch.get_num_threads()} torch thread(s), "
-        f"median of {args.repeats} interleaved steps; "
-        "speedup = transformers time / densa time.",
-        "",
-        "| size | params | densa step (s) | transformers step (s) | speedup | loss densa | loss HF |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['size']} | {r['params'] / 1e6:.2f}M | {r['densa_step_s']:.4f} "
-            f"| {r['transformers_step_s']:.4f} | **{r['speedup']:.2f}×** "
-            f"| {r['loss_densa']:.5f} | {r['loss_transformers']:.5f} |"
-        )
-    speedups = [r["speedup"] for r in rows]
-    lines += [
-        "",
-        "Both models do the same FLOPs. densa fuses the Q/K/V and gate/up projections (4 linear calls per",
-        "layer instead of 7), shares KV heads inside SDPA without copying them and rotates q and k in one",
-        f"pass; measured here that gives {min(speedups):.2f}–{max(speedups):.2f}× over these sizes (per-step",
-        "times in the JSON give the spread).",
-    ]
+    markdown = report(rows, args.batch, args.seq, args.repeats, torch.get_num_threads())
     payload = {"benchmark": "model_step", "machine": machine_info(), "args": vars(args), "results": rows}
-    write_results("model_step", payload, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("model_step", payload, markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":
