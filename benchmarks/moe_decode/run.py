@@ -8,8 +8,9 @@
    come from memory as in decode. The kernel output is checked against the reference on the same inputs.
 2. End to end: decode tokens/s of `InferenceEngine.generate` (greedy, batch 1; `--e2e-batches 1 16`) on
    SmolLM2-135M-Instruct (`densa data fetch-model smollm2-135m-instruct`, from the local cache) dense, and
-   MoEfied (balanced k-means, centroid router, E = 16, k = 4) through the reference MoE path and the kernel
-   path. No SSD-trained model is used: this is a MoEfied SwiGLU model (its MoE quality is poor: speed only).
+   MoEfied (a random neuron partition by default, `--moefy-method kmeans` for balanced k-means; centroid
+   router; E = 16, k = 4) through the reference MoE path and the kernel path. No SSD-trained model is used:
+   this is a MoEfied SwiGLU model, measured for speed only (its MoE quality is poor).
    `--e2e-model` takes another HF / densa folder.
 
 The machine is shared, so times are the benchmark thread's CPU time (1 thread does all the work), with
@@ -147,7 +148,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     label, dense = e2e_models(args)
     start = time.perf_counter()
     moe = copy.deepcopy(dense)
-    moefy(moe, args.experts, args.top_k)
+    moefy(moe, args.experts, args.top_k, method=args.moefy_method)
     moefy_s = time.perf_counter() - start
     dense_run, moe_run = InferenceEngine(dense).generate, InferenceEngine(moe).generate
     config = GenerationConfig(max_new_tokens=args.new_tokens, stop_at_eos=False)
@@ -260,7 +261,7 @@ def markdown(payload: dict[str, Any]) -> str:
     if e is None:
         return "\n".join([*lines, "End to end: not run yet."]) + "\n"
     lines += [
-        f"## End to end: {e['model']}, E = {a['experts']}, top-{a['top_k']}",
+        f"## End to end: {e['model']}, {a['moefy_method']} partition, E = {a['experts']}, top-{a['top_k']}",
         "",
         f"`InferenceEngine.generate`, greedy, prompts of {a['prompt_len']} random tokens, "
         f"{a['new_tokens']} new tokens; decode tokens/s from CPU-time (wall) medians of {a['e2e_repeats']} "
@@ -283,6 +284,12 @@ def main() -> None:
     )
     parser.add_argument("--e2e-batches", type=int, nargs="+", default=[1], help="default: %(default)s")
     parser.add_argument("--new-tokens", type=int, default=17, help="default: %(default)s")
+    parser.add_argument(
+        "--moefy-method",
+        default="random",
+        help="MoEfication partition (default: %(default)s: decode speed does not depend on which neurons "
+        "form an expert, and k-means on 30 layers costs minutes on a loaded machine)",
+    )
     parser.add_argument(
         "--reuse-ffn", action="store_true", help="keep the FFN-layer part of the existing results JSON"
     )
