@@ -139,6 +139,7 @@ def _schedule_problems(cfg: RunConfig) -> list[Problem]:
 def _data_problems(cfg: RunConfig, training: bool) -> list[Problem]:
     d, out = cfg.data, []
     task_rows = cfg.retaining_heads.enabled and cfg.retaining_heads.task != "none"  # generated, not read
+    task_rows = task_rows or cfg.plugin.enabled  # map-tuning rows come from plugin.kb / plugin.examples
     if training and not d.train and not task_rows:
         out.append(Problem("data.train", "no training datasets (add at least one {path: PREFIX})"))
     if cfg.eval.interval > 0 and not d.valid:
@@ -311,6 +312,31 @@ def _lora_problems(cfg: RunConfig) -> list[Problem]:
     return out
 
 
+def _plugin_problems(cfg: RunConfig) -> list[Problem]:
+    out = []
+    if not cfg.init.from_path:
+        out.append(Problem("init.from_path", "plugin.enabled needs the (frozen) model to load"))
+    if not cfg.data.tokenizer:
+        out.append(Problem("data.tokenizer", "plugin.enabled needs the model's tokenizer to encode examples"))
+    if cfg.parallel.tp != 1:
+        out.append(Problem("parallel.tp", f"plugin.enabled needs tp = 1, got {cfg.parallel.tp}"))
+    if cfg.parallel.zero_stage == 3:  # the loss calls the module directly: no ZeRO-3 gathering
+        out.append(Problem("parallel.zero_stage", "plugin.enabled runs with ZeRO 0, 1 or 2, not 3"))
+    if cfg.export.hf_dir:  # the model does not change; the mapper goes to plugin.out_file
+        out.append(Problem("export.hf_dir", "a map-tuning run writes plugin.out_file, not an HF folder"))
+    if cfg.data.pack:
+        out.append(Problem("data.pack", "cannot be combined with plugin.enabled"))
+    for other, on in (
+        ("ssd.enabled", cfg.ssd.enabled),
+        ("sparsity.prosparse.enabled", cfg.sparsity.prosparse.enabled),
+        ("retaining_heads.enabled", cfg.retaining_heads.enabled),
+        ("lora.enabled", cfg.lora.enabled),
+    ):
+        if on:
+            out.append(Problem(other, "cannot be combined with plugin.enabled (the model is frozen)"))
+    return out
+
+
 # (dotted path, minimum, inclusive) for the numbers that must be positive or non-negative.
 _BOUNDS = (
     ("data.seq_len", 1),
@@ -427,6 +453,8 @@ def cross_section_problems(
         out += _heads_problems(cfg, training)
     if cfg.lora.enabled:
         out += _lora_problems(cfg)
+    if cfg.plugin.enabled:
+        out += _plugin_problems(cfg)
     if not out:  # the generated DeepSpeed config is only meaningful for an otherwise valid recipe
         from densa.config.deepspeed_config import deepspeed_problems
 

@@ -12,10 +12,11 @@ from typing import Any, Literal
 
 from densa.lora.config import LoRAConfig
 from densa.models.config import ModelConfig
+from densa.plugins.config import PluginConfig
 from densa.sparse_moe.config import SSDConfig
 
-# The `ssd:` and `lora:` sections are the methods' own configs (one definition each, in
-# densa/sparse_moe/config.py and densa/lora/config.py).
+# The `ssd:`, `lora:` and `plugin:` sections are the methods' own configs (one definition each, in
+# densa/sparse_moe/config.py, densa/lora/config.py and densa/plugins/config.py).
 SSDSection = SSDConfig
 LoRASection = LoRAConfig
 
@@ -265,5 +266,6 @@ class RunConfig:
     sparsity: SparsitySection = field(default_factory=SparsitySection)
     retaining_heads: RetainingHeadsSection = field(default_factory=RetainingHeadsSection)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    plugin: PluginConfig = field(default_factory=PluginConfig)
     deepspeed: dict[str, Any] = field(default_factory=dict)
     """Extra DeepSpeed config keys; may add to, never contradict, the generated config."""

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "moefy",
     "edit",
     "analyze",
+    "plugin",
     "density",
 )
 

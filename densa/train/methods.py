@@ -1,4 +1,5 @@
-"""The recipe's method sections (`ssd:`, `sparsity:`, `retaining_heads:`, `lora:`) turned into trainer parts.
+"""The recipe's method sections (`ssd:`, `sparsity:`, `retaining_heads:`, `lora:`, `plugin:`) turned into
+trainer parts.
 
 Each method is one `Method` in the `METHODS` registry: when its recipe switch is on it may
 - `prepare` the model before the engine (and so the optimizer) exists: ProSparse's ReLU swap; for a
@@ -235,3 +236,39 @@ register(
     )
 )
 register(Method("lora.enabled", lambda cfg: cfg.lora.enabled, prepare=_lora_prepare))
+
+
+def _plugin_prepare(cfg: RunConfig, model: nn.Module) -> None:
+    from densa.plugins.recipe import prepare
+
+    prepare(cfg, model)  # attach the mapper, freeze the model: before the optimizer exists
+
+
+def _plugin_callbacks(cfg: RunConfig, grad_accum: int) -> list[Callback]:
+    from densa.plugins.recipe import PluginCallback
+
+    return [PluginCallback(cfg.plugin.out_file)]
+
+
+def _plugin_loss(cfg: RunConfig) -> LossFn:
+    from densa.plugins.training import plugin_loss
+
+    return plugin_loss
+
+
+def _plugin_data(cfg: RunConfig, num_samples: int) -> Any:
+    from densa.plugins.recipe import rows
+
+    return rows(cfg, num_samples)
+
+
+register(
+    Method(
+        "plugin.enabled",
+        lambda cfg: cfg.plugin.enabled,
+        prepare=_plugin_prepare,
+        callbacks=_plugin_callbacks,
+        loss=_plugin_loss,
+        data=_plugin_data,
+    )
+)
