@@ -100,7 +100,7 @@ def main() -> None:
     scale = 0.05 if args.quick else 1.0
     steps = {
         k: max(5, int(v * scale))
-        for k, v in dict(pretrain=60, general=40, adapt=40, task=40, swap=30).items()
+        for k, v in dict(pretrain=80, general=50, adapt=50, task=50, swap=40).items()
     }
     t0 = time.time()
     transe = TransEConfig(dim=64, epochs=max(2, int(30 * scale)), batch_size=1024, seed=args.seed)
