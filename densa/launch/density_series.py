@@ -37,6 +37,8 @@ class Series:
     """Extra (recipe, multiple) runs: longer-trained models that only feed the sigmoid S(L)."""
     d0_multiple: float = 10.0
     """D0 of the inversion, as a multiple of the series' largest N (the paper's D0 = 1T tokens, fixed)."""
+    d0_tokens: float | None = None
+    """D0 in tokens (overrides d0_multiple)."""
 
     @property
     def recipes(self) -> tuple[str, ...]:
@@ -44,13 +46,15 @@ class Series:
 
     @property
     def d0(self) -> float:
-        """Fixed D0 in tokens: d0_multiple times the series' largest N."""
+        """Fixed D0 in tokens: d0_tokens, else d0_multiple times the series' largest N."""
+        if self.d0_tokens:
+            return self.d0_tokens
         return self.d0_multiple * max(non_embedding(run_config(self, r, 1.0)) for r in self.recipes)
 
 
 def load_series(path: str | os.PathLike) -> Series:
     """`recipes` (names, or {recipe, multiples} to override the shared `multiples` for one size),
-    `multiples`, `out_dir`, optional `performance` [{recipe, multiple}] and `d0_multiple`."""
+    `multiples`, `out_dir`, optional `performance` [{recipe, multiple}], `d0_multiple` or `d0_tokens`."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -65,6 +69,7 @@ def load_series(path: str | os.PathLike) -> Series:
             str(raw["out_dir"]),
             tuple((p["recipe"], float(p["multiple"])) for p in raw.get("performance") or []),
             float(raw.get("d0_multiple", 10.0)),
+            float(raw["d0_tokens"]) if raw.get("d0_tokens") else None,
         )
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as err:
         raise DensaError(f"{path}: not a density series file ({type(err).__name__}: {err})") from None

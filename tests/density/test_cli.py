@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -102,12 +103,14 @@ def test_eval_refuses_a_different_tokenizer(setup: tuple[Path, Path], tmp_path: 
 
 def test_series_file_and_recipes(tmp_path: Path) -> None:
     series = load_series(SERIES)
-    assert series.runs[:3] == (("ref_s1.yaml", 5.0), ("ref_s1.yaml", 10.0), ("ref_s1.yaml", 20.0))
+    assert series.runs[3:6] == (("ref_s1.yaml", 5.0), ("ref_s1.yaml", 10.0), ("ref_s1.yaml", 20.0))
+    assert series.runs[-2:] == (("ref_s2.yaml", 5.0), ("ref_s2.yaml", 10.0))  # a per-size override
     cfg = run_config(series, "ref_s1.yaml", 5)
     assert non_embedding(cfg) == 21664 and cfg.train.steps == math.ceil(5 * 21664 / 4096) == 27
     assert (cfg.schedule.kind, cfg.checkpoint.resume, cfg.run.name) == ("wsd", "auto", "ref_s1_x5")
     sizes = [non_embedding(run_config(series, r, 1)) for r in series.recipes]
-    assert sizes == sorted(sizes) and series.d0 == series.d0_multiple * sizes[-1]
+    assert sizes == sorted(sizes) and series.d0 == 1644160
+    assert dataclasses.replace(series, d0_tokens=None).d0 == series.d0_multiple * sizes[-1]
     for path in sorted(SERIES.parent.glob("ref_*.yaml")) + [SERIES.parent / "base.yaml"]:
         validate(load_recipe(path), 1, source=path.name)
     shutil.copy(SERIES, tmp_path / "series.yaml")
