@@ -32,7 +32,7 @@ def files(tmp_path_factory):
     return root / "base", tok, jsonl
 
 
-def _cfg(files, run_dir, *, steps=4, export=None):
+def _cfg(files, run_dir, *, steps=4, export=None, zero_stage=0):
     base, tok, jsonl = files
     recipe = {  # no model: section, the shapes come from the base folder
         "run": {"name": "lora", "out_dir": str(run_dir), "seed": 3},
@@ -46,6 +46,7 @@ def _cfg(files, run_dir, *, steps=4, export=None):
         "checkpoint": {"interval": 1000, "keep_last": 2},
         "logging": {"log_interval": 1, "tensorboard": False, "progress": False},
         "export": {"hf_dir": export},
+        "parallel": {"zero_stage": zero_stage},
     }  # fmt: skip
     return load_recipe_dict(recipe, str(run_dir.parent / "recipe.yaml"))
 
@@ -99,10 +100,11 @@ def test_cli_merged_export_loads_in_transformers(run, tmp_path):
         torch.testing.assert_close(hf(_ids()).logits, load_model(run)(_ids()), rtol=0, atol=TOL)
 
 
-def test_lora_run_resumes_exactly(files, tmp_path, ds_world):
-    ref_trainer = build_trainer(_cfg(files, tmp_path / "full"))
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_lora_run_resumes_exactly(files, tmp_path, ds_world, zero_stage):
+    ref_trainer = build_trainer(_cfg(files, tmp_path / "full", zero_stage=zero_stage))
     ref = ref_trainer.fit()
-    split = _cfg(files, tmp_path / "split")
+    split = _cfg(files, tmp_path / "split", zero_stage=zero_stage)
     first = build_trainer(split, callbacks=[StopAt(1)]).fit()
     assert first.interrupted and first.state.step == 2
     second_trainer = build_trainer(split)
