@@ -107,14 +107,19 @@ def _interval(values: list[float], n_boot: int, what: str, level: float) -> tupl
 
 def estimate_density(
     ref: Reference, n_params: float, loss: float, score: float, *, n_boot: int = 200, seed: int = 0,
-    level: float = 0.95,
+    level: float = 0.95, via: str = "score",
 ) -> Density:  # fmt: skip
-    """ρ and ρ_L of a model with `n_params` non-embedding parameters, conditional loss and score."""
+    """ρ and ρ_L of a model with `n_params` non-embedding parameters, conditional loss and score.
+
+    `via="loss"` skips the sigmoid (ρ := ρ_L, L̂ := L): for models whose score the sigmoid cannot invert,
+    e.g. near chance. The default follows the paper and raises when S is outside the sigmoid's range."""
+    if via not in ("score", "loss"):
+        raise DensityError(f"via must be 'score' or 'loss', got {via!r}")
     if not (math.isfinite(n_params) and n_params > 0):
         raise DensityError(f"parameter count must be a positive number, got {n_params}")
     if not math.isfinite(loss):
         raise DensityError(f"conditional loss is {loss}: the model's scores are unusable")
-    loss_hat = ref.sigmoid.invert(score)
+    loss_hat = ref.sigmoid.invert(score) if via == "score" else loss
     n_hat = ref.law.effective_params(loss_hat, ref.d0)
     n_hat_loss = ref.law.effective_params(loss, ref.d0)
     rng = np.random.default_rng(seed)
@@ -130,9 +135,8 @@ def estimate_density(
             continue
         try:
             rhos_loss.append(law.effective_params(loss, ref.d0) / n_params)
-            rhos.append(
-                law.effective_params(_sigmoid(sig_rows, start=ref.sigmoid).invert(score), ref.d0) / n_params
-            )
+            l_hat = _sigmoid(sig_rows, start=ref.sigmoid).invert(score) if via == "score" else loss
+            rhos.append(law.effective_params(l_hat, ref.d0) / n_params)
         except DensityError:
             continue
     return Density(

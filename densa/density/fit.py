@@ -90,7 +90,15 @@ class LossLaw:
                 f"loss {loss:.4f} is at or below the loss law's floor b·D0^−β = {floor:.4f} at D0 = {d0:.4g} "
                 "tokens: no reference size reaches it (effective size infinite)"
             )
-        return ((loss - floor) / self.a) ** (-1.0 / self.alpha)
+        try:
+            n_hat = ((loss - floor) / self.a) ** (-1.0 / self.alpha)
+        except (ZeroDivisionError, OverflowError):
+            n_hat = math.inf
+        if not math.isfinite(n_hat) or n_hat <= 0:
+            raise DensityError(
+                f"the loss law (a = {self.a:.3g}, α = {self.alpha:.3g}) gives no finite N̂ for {loss:.4f}"
+            )
+        return n_hat
 
 
 def fit_loss_law(
@@ -118,8 +126,10 @@ def fit_loss_law(
         p0 = _grid_start(ln_n, ln_d, y)
     p = levenberg_marquardt(residual, p0)
     res = residual(p)
-    if not np.all(np.isfinite(p)) or not np.all(np.isfinite(res)) or p[1] <= 0 or p[3] <= 0:
+    if not np.all(np.isfinite(p)) or not np.all(np.isfinite(res)) or min(p[1], p[3]) <= 1e-6:
         raise DensityError("the loss-law fit diverged (exponents must stay > 0)")
+    if not (0 < math.exp(p[0]) < math.inf and 0 < math.exp(p[2]) < math.inf):
+        raise DensityError("the loss-law fit diverged (a and b must stay finite and > 0)")
     return LossLaw(math.exp(p[0]), float(p[1]), math.exp(p[2]), float(p[3]), _r2(y, res), tuple(res.tolist()))
 
 

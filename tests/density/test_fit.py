@@ -102,6 +102,8 @@ def test_scores_outside_the_sigmoid_and_losses_below_the_floor_are_refused() -> 
         estimate_density(ref, 1e5, 3.0, 0.96)
     with pytest.raises(DensityError, match="outside the fitted sigmoid's open range"):
         estimate_density(ref, 1e5, 3.0, 0.25)
+    loss = float(law(4e5, ref.d0))  # via="loss" inverts L directly and ignores the score
+    assert estimate_density(ref, 1e5, loss, 0.96, n_boot=20, via="loss").rho == pytest.approx(4.0, rel=1e-6)
     floor = B * ref.d0**-BETA
     with pytest.raises(
         DensityError, match=r"at or below the loss law's floor b·D0\^−β = .*no reference size reaches it"

@@ -28,6 +28,10 @@ def register(subparsers) -> None:
     e.add_argument("--tokenizer", default=None, help="default: the model's own")
     e.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates")
     e.add_argument("--params", type=float, default=None, help="N to divide by (default: non-embedding count)")
+    e.add_argument(
+        "--via", choices=["score", "loss"], default="score",
+        help="invert the score through the sigmoid (the paper), or the conditional loss directly",
+    )  # fmt: skip
     e.set_defaults(handler=_eval)
 
     law = sub.add_parser("law", help="fit ln ρ_max = A·t + B over dated models; doubling time ln2/A")
@@ -69,7 +73,9 @@ def evaluate(model_path: str, reference: str, tokenizer: str | None = None, **kw
 
 
 def _eval(args: argparse.Namespace) -> int:
-    out = evaluate(args.model, args.reference, args.tokenizer, n_boot=args.n_boot, params=args.params)
+    out = evaluate(
+        args.model, args.reference, args.tokenizer, n_boot=args.n_boot, params=args.params, via=args.via
+    )
     lo, hi = out["rho_interval"]
     print(f"ρ = {out['rho']:.3f} [{lo:.3f}, {hi:.3f}] (N̂ = {out['n_hat']:.4g}, N = {out['n_params']:.4g})")
     print(json.dumps(out))

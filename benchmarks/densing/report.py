@@ -1,0 +1,210 @@
+"""Scores, densities, claims, table and plots of the densing benchmark (called by run.py report)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import RESULTS_DIR, machine_info, write_results
+from benchmarks.densing.run import NAME, OUT, PARENT, REFERENCE, cfg_of, models, pruned, retrained_cfg
+from densa.density import DensityError, Reference, estimate_density, load_suite
+from densa.launch.density_series import final_checkpoint, score_checkpoint
+
+PLOTS = RESULTS_DIR / NAME
+
+
+def _density(ref: Reference, row: dict) -> dict:
+    """ρ via S (the paper) where the sigmoid can invert S; ρ_L via the loss always (when above the floor)."""
+    out = dict(row)
+    try:
+        d = estimate_density(ref, row["N"], row["loss"], row["score"], n_boot=200, via="loss").to_dict()
+        out |= {"rho_loss": d["rho"], "rho_loss_interval": d["rho_interval"], "n_hat_loss": d["n_hat"]}
+        d = estimate_density(ref, row["N"], row["loss"], row["score"], n_boot=200).to_dict()
+        out |= {"rho": d["rho"], "rho_interval": d["rho_interval"], "n_hat": d["n_hat"]}
+    except DensityError as err:  # reported, never a NaN density
+        out["error"] = str(err)
+    return out
+
+
+def scored_models(series: Any, tasks: list) -> tuple[list[dict], list[str]]:
+    rows, missing = [], []
+    specs = models(int(series.d0))
+    for name, spec in specs.items():
+        cfg = cfg_of(series, name, spec)
+        found = final_checkpoint(cfg)
+        if found is None:
+            missing.append(name)
+            continue
+        rows.append({**score_checkpoint(cfg, found, tasks), "name": name, "group": spec["group"]})
+        if name == PARENT:
+            folder, _ = pruned(series)
+            row = score_checkpoint(cfg, folder, tasks)
+            rows.append({**row, "name": "pruned50_s1", "group": "magnitude-pruned 50%, no retraining"})
+            rcfg = retrained_cfg(series, folder)
+            done = final_checkpoint(rcfg)
+            if done is None:
+                missing.append("pruned50_s1_retrained")
+            else:
+                row = score_checkpoint(rcfg, done, tasks)
+                row["D"] = row["D"] + rows[-2]["D"]
+                rows.append({**row, "name": "pruned50_s1_retrained", "group": "pruned 50% + retrained D0/4"})
+    return rows, missing
+
+
+def _cmp(a: dict, b: dict, op: str) -> dict[str, Any]:
+    """a's density vs b's, on ρ_L and (where both exist) on ρ."""
+    out: dict[str, Any] = {}
+    for key in ("rho_loss", "rho"):
+        if key in a and key in b:
+            out[key] = a[key] > b[key] if op == ">" else a[key] < b[key]
+        else:
+            out[key] = "n/a (S not invertible)"
+    return out
+
+
+def claims(rows: list[dict]) -> dict[str, Any]:
+    by = {r["name"]: r for r in rows if "rho_loss" in r}
+    out: dict[str, Any] = {}
+    calib = [r for r in by.values() if r["group"].startswith("calibration")]
+    out["calibration_rho_loss_in_0.8_1.25"] = {r["name"]: 0.8 <= r["rho_loss"] <= 1.25 for r in calib}
+    out["calibration_rho_in_0.8_1.25"] = {r["name"]: 0.8 <= r["rho"] <= 1.25 for r in calib if "rho" in r}
+    base = by.get(PARENT)
+    if base:
+        for name in ("ref_s1@2D0", "mix90_s1@D0"):
+            if name in by:
+                out[f"{name}_denser_than_{PARENT}"] = _cmp(by[name], base, ">")
+                out[f"{name}_rho_loss_above_1"] = by[name]["rho_loss"] > 1
+        for name in ("pruned50_s1", "pruned50_s1_retrained"):
+            if name in by:
+                out[f"{name}_less_dense_than_parent"] = _cmp(by[name], base, "<")
+    if "relu2_s1_x20" in by and "ref_s1_x20" in by:
+        out["relu2_denser_than_swiglu_equal_tokens"] = _cmp(by["relu2_s1_x20"], by["ref_s1_x20"], ">")
+    if by:
+        best = min(by.values(), key=lambda r: r["loss"])
+        densest = max(by.values(), key=lambda r: r["rho_loss"])
+        out["best_performing_is_not_densest (lowest L vs highest ρ_L)"] = {
+            "best": best["name"], "densest": densest["name"], "holds": best["name"] != densest["name"]
+        }  # fmt: skip
+    return out
+
+
+def plots(ref_data: dict, ref: Reference, rows: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = ref_data["reference"]
+    held = {h["name"] for h in ref_data["heldout"]}
+    xs = np.linspace(min(r["loss"] for r in pts + rows) - 0.2, max(r["loss"] for r in pts + rows) + 0.2, 200)
+    ax.plot(xs, ref.sigmoid.predict(xs), "k-", label="fitted S(L)")
+    fit_pts = [r for r in pts if r["name"] not in held]
+    ax.scatter([r["loss"] for r in fit_pts], [r["score"] for r in fit_pts], c="k", s=20, label="reference")
+    ax.scatter(
+        [h["loss"] for h in ref_data["heldout"]], [h["score"] for h in ref_data["heldout"]],
+        marker="^", c="tab:red", s=40, label="held out (predicted)",
+    )  # fmt: skip
+    ax.scatter([r["loss"] for r in rows], [r["score"] for r in rows], marker="s", s=20, label="models")
+    ax.set(xlabel="conditional loss L (nats/token)", ylabel="score S (mean accuracy)", title="S(L)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(PLOTS / "sigmoid.png", dpi=120)
+    written.append("sigmoid.png")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k in sorted({round(r["D"] / r["N"]) for r in pts}):
+        sel = sorted((r for r in pts if round(r["D"] / r["N"]) == k), key=lambda r: r["N"])
+        (line,) = ax.plot([r["N"] for r in sel], [r["loss"] for r in sel], "o", label=f"D = {k}·N")
+        ns = np.geomspace(min(r["N"] for r in pts) * 0.8, max(r["N"] for r in pts) * 1.2, 50)
+        ax.plot(ns, ref.law.predict(ns, k * ns), "-", c=line.get_color(), lw=0.8)
+    ns = np.geomspace(min(r["N"] for r in pts) * 0.8, max(r["N"] for r in pts) * 1.2, 50)
+    ax.plot(ns, ref.law.predict(ns, ref.d0), "k--", lw=1, label=f"D0 = {ref.d0:.3g}")
+    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="conditional loss L", title="L(N, D)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(PLOTS / "loss_law.png", dpi=120)
+    written.append("loss_law.png")
+    dense = [r for r in rows if "rho_loss" in r]
+    if dense:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        y = np.arange(len(dense))
+        rho = np.array([r["rho_loss"] for r in dense])
+        lo = rho - np.array([r["rho_loss_interval"][0] for r in dense])
+        hi = np.array([r["rho_loss_interval"][1] for r in dense]) - rho
+        ax.errorbar(rho, y, xerr=[np.maximum(lo, 0), np.maximum(hi, 0)], fmt="o", label="ρ_L (via L), 95% CI")
+        via_s = [(i, r["rho"]) for i, r in enumerate(dense) if "rho" in r]
+        if via_s:
+            ax.scatter(
+                [v for _, v in via_s], [i + 0.2 for i, _ in via_s], marker="x", c="tab:red", label="ρ (via S)"
+            )
+        ax.axvline(1.0, c="gray", lw=0.8)
+        ax.axvspan(0.8, 1.25, color="gray", alpha=0.15)
+        ax.set(yticks=y, yticklabels=[r["name"] for r in dense], xscale="log", xlabel="density ρ = N̂ / N")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(PLOTS / "density.png", dpi=120)
+        written.append("density.png")
+    plt.close("all")
+    return written
+
+
+def markdown(payload: dict) -> str:
+    ref = payload["reference"]
+    law, sig, held = ref["loss_law"], ref["sigmoid"], ref["heldout"]
+    lines = [
+        "# Densing Law at toy scale (`benchmarks/densing/`)",
+        "",
+        f"Reference series: {len(ref['reference'])} runs; D0 = {ref['d0']:.0f} tokens.",
+        f"L(N, D) = {law['a']:.4g}·N^-{law['alpha']:.4f} + {law['b']:.4g}·D^-{law['beta']:.4f}, "
+        f"R² = {law['r2']:.4f}, max |residual| = {max(map(abs, law['residuals'])):.4f}.",
+        f"S(L) = {sig['c']:.4f}/(1+exp(-({sig['gamma']:.4f})(L-{sig['l']:.4f}))) + {sig['d']:.4f}, "
+        f"R² = {sig['r2']:.4f} on {len(ref['sigmoid_points'])} points.",
+        "",
+        "| held-out point | L | S | S predicted |",
+        "| --- | ---: | ---: | ---: |",
+        *[f"| {h['name']} | {h['loss']:.4f} | {h['score']:.4f} | {h['predicted']:.4f} |" for h in held],
+        "",
+        "| model | group | N | D | L | S | ρ [95% CI] | ρ_L [95% CI] |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in payload["models"]:
+        dens = dens_l = "—"
+        if "rho_loss" in r:
+            dens_l = f"{r['rho_loss']:.3f} [{r['rho_loss_interval'][0]:.3f}, {r['rho_loss_interval'][1]:.3f}]"
+        if "rho" in r:
+            dens = f"{r['rho']:.3f} [{r['rho_interval'][0]:.3f}, {r['rho_interval'][1]:.3f}]"
+        elif "error" in r:
+            dens = "not invertible" if "outside the fitted sigmoid" in r["error"] else f"error: {r['error']}"
+        lines.append(
+            f"| {r['name']} | {r['group']} | {r['N']} | {r['D']} | {r['loss']:.4f} | {r['score']:.4f} "
+            f"| {dens} | {dens_l} |"
+        )
+    lines += ["", f"Missing (not trained in time): {', '.join(payload['missing']) or 'none'}.", ""]
+    lines += ["Claims:", "", "```", json.dumps(payload["claims"], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def report(series: Any) -> None:
+    ref_data = json.loads(Path(REFERENCE).read_text())
+    ref = Reference.from_dict(ref_data)
+    tasks = load_suite(ref_data["tasks_dir"])
+    rows, missing = scored_models(series, tasks)
+    swiglu = next(r for r in ref_data["reference"] if r["name"] == "ref_s1_x20")
+    rows.append({**swiglu, "group": "reference run (in the fit): SwiGLU at 20·N"})
+    rows = [_density(ref, r) for r in rows]
+    payload = {
+        "config": {"series": "recipes/density/series.yaml", "out": OUT, "n_boot": 200},
+        "machine": machine_info(),
+        "reference": ref_data,
+        "models": rows,
+        "missing": missing,
+        "claims": claims(rows),
+    }
+    payload["plots"] = plots(ref_data, ref, rows)
+    write_results(NAME, payload, markdown(payload))
+    print(markdown(payload))
