@@ -29,3 +29,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _restore_launcher_env():
+    """An in-process trainer sets RANK/WORLD_SIZE/MASTER_* (DeepSpeed needs them); put them back after each
+    test, so later tests (and the commands they start) do not think they run under a launcher."""
+    saved = {k: os.environ.get(k) for k in LAUNCHER_ENV}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -132,6 +132,8 @@ def test_method_registry_order_and_lookup(tmp_path, monkeypatch):
         "sparsity.track_interval",
         "sparsity.prosparse.enabled",
         "retaining_heads.enabled",
+        "lora.enabled",
+        "plugin.enabled",
     ]
     prosparse = ProSparseSection(
         enabled=True, activation="fatrelu", fatrelu_threshold=0.1, l1_stages=((2, 1.0),)
