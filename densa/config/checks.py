@@ -455,10 +455,42 @@ def cross_section_problems(
         out += _lora_problems(cfg)
     if cfg.plugin.enabled:
         out += _plugin_problems(cfg)
+    out += _switched_off_problems(cfg)
     if not out:  # the generated DeepSpeed config is only meaningful for an otherwise valid recipe
         from densa.config.deepspeed_config import deepspeed_problems
 
         out += deepspeed_problems(cfg, world_size)
+    return out
+
+
+SWITCHED_SECTIONS = ("ssd", "retaining_heads", "lora", "plugin", "sparsity.prosparse")
+
+
+def _switched_off_problems(cfg: RunConfig) -> list[Problem]:
+    """A method section with settings but `enabled: false` does nothing; `lora: {rank: 16}` would
+    otherwise train every weight without a word."""
+    out = []
+    for name in SWITCHED_SECTIONS:
+        section = cfg
+        for part in name.split("."):
+            section = getattr(section, part)
+        if section.enabled:
+            continue
+        default = type(section)()
+        changed = [
+            f.name
+            for f in dataclasses.fields(section)
+            if getattr(section, f.name) != getattr(default, f.name)
+        ]
+        if changed:
+            keys = ", ".join(f"{name}.{key}" for key in changed)
+            out.append(
+                Problem(
+                    f"{name}.enabled",
+                    f"is false, so {keys} {'has' if len(changed) == 1 else 'have'} no effect"
+                    f" (set {name}.enabled: true, or remove {'it' if len(changed) == 1 else 'them'})",
+                )
+            )
     return out
 
 

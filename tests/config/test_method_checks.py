@@ -118,7 +118,24 @@ def test_ssd_rules(overrides: list[str], expected: str) -> None:
 
 
 def test_ssd_rules_only_when_enabled() -> None:
-    load("ssd.num_experts=7", "parallel.precision=bf16")
+    # SSD's own rules (experts dividing the FFN, fp32 only) stay quiet; the switched-off section is named.
+    assert problems("ssd.num_experts=7", "parallel.precision=bf16") == [
+        "r.yaml: ssd.enabled: is false, so ssd.num_experts has no effect"
+        " (set ssd.enabled: true, or remove it)"
+    ]
+
+
+@pytest.mark.parametrize("section", ["lora", "retaining_heads", "plugin", "sparsity.prosparse"])
+def test_settings_of_a_switched_off_section_are_refused(section: str) -> None:
+    key = {"lora": "rank=16", "retaining_heads": "hidden=64", "plugin": "kind=task"}.get(
+        section, "activation=fatrelu"
+    )
+    found = problems(f"{section}.{key}")
+    name = key.split("=")[0]
+    assert found == [
+        f"r.yaml: {section}.enabled: is false, so {section}.{name} has no effect"
+        f" (set {section}.enabled: true, or remove it)"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,11 @@ def ds_world():
     yield init_distributed(timeout_s=120)
     torch.set_num_threads(threads)
     shutdown_distributed()
-    os.environ.update({k: v for k, v in saved.items() if v is not None})
+    for k, v in saved.items():  # put back what was there, and drop what init_distributed added
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

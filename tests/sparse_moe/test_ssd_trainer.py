@@ -44,7 +44,11 @@ def ds_world():
     yield world
     torch.set_num_threads(threads)
     shutdown_distributed()
-    os.environ.update({k: v for k, v in saved.items() if v is not None})
+    for k, v in saved.items():  # put back what was there, and drop what init_distributed added
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def cfg(out_dir) -> RunConfig:
