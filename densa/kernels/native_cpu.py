@@ -175,6 +175,22 @@ def gather_dot(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> torc
     return out
 
 
+def _fused_ffn_library(
+    kind: str, gate: torch.Tensor, up: torch.Tensor | None, down_t: torch.Tensor, activation: str
+):
+    """The loaded library, after checking what a fused whole-FFN call needs of its weights."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native CPU kernels are not available")
+    if activation not in FUSED_ACTIVATIONS:
+        raise ValueError(f"fused activations are {sorted(FUSED_ACTIVATIONS)}, got {activation!r}")
+    if not (supports(gate, down_t) and (up is None or supports(up))):
+        raise ValueError(f"{kind} needs fp32 CPU weights with contiguous rows")
+    if up is not None and up.stride(0) != gate.stride(0):
+        raise ValueError("gate and up rows must share one row stride")
+    return lib
+
+
 class ThresholdFFN:
     """One token's exact-threshold FFN as one native call, prepared once per layer: x [dim] -> out [dim].
 
@@ -193,15 +209,7 @@ class ThresholdFFN:
         t: torch.Tensor,
         activation: str,
     ) -> None:
-        lib = library()
-        if lib is None:
-            raise RuntimeError("the native CPU kernels are not available")
-        if activation not in FUSED_ACTIVATIONS:
-            raise ValueError(f"fused activations are {sorted(FUSED_ACTIVATIONS)}, got {activation!r}")
-        if not (supports(gate, down_t) and (up is None or supports(up))):
-            raise ValueError(f"{type(self).__name__} needs fp32 CPU weights with contiguous rows")
-        if up is not None and up.stride(0) != gate.stride(0):
-            raise ValueError("gate and up rows must share one row stride")
+        lib = _fused_ffn_library(type(self).__name__, gate, up, down_t, activation)
         self.ffn_dim, self.dim = gate.shape
         self.last_active = 0
         self._lib = lib
@@ -309,15 +317,7 @@ class ExpertFFN:
         num_experts: int,
         activation: str,
     ) -> None:
-        lib = library()
-        if lib is None:
-            raise RuntimeError("the native CPU kernels are not available")
-        if activation not in FUSED_ACTIVATIONS:
-            raise ValueError(f"fused activations are {sorted(FUSED_ACTIVATIONS)}, got {activation!r}")
-        if not (supports(gate, down_t) and (up is None or supports(up))):
-            raise ValueError(f"{type(self).__name__} needs fp32 CPU weights with contiguous rows")
-        if up is not None and up.stride(0) != gate.stride(0):
-            raise ValueError("gate and up rows must share one row stride")
+        lib = _fused_ffn_library(type(self).__name__, gate, up, down_t, activation)
         self.ffn_dim, self.dim = gate.shape
         if num_experts < 1 or self.ffn_dim % num_experts:
             raise ValueError(f"{self.ffn_dim} neurons do not split into {num_experts} equal experts")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from trainer_helpers import SFT_VOCAB, StopAt, sft_corpus, weights
+from trainer_helpers import SFT_VOCAB, StopAt, sft_corpus, tiny_hf_llama, weights
 
 from densa.config.load import load_recipe_dict
 from densa.launch.cli import main
@@ -19,17 +19,9 @@ SEQ, TOL = 48, 1e-5
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("lora_sft")
     tok, jsonl = sft_corpus(root)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=SFT_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(root / "base")
-    return root / "base", tok, jsonl
+    return tiny_hf_llama(root / "base"), tok, jsonl
 
 
 def _cfg(files, run_dir, *, steps=4, export=None, zero_stage=0):

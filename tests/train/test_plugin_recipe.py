@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from trainer_helpers import SFT_VOCAB, sft_corpus
+from trainer_helpers import sft_corpus, tiny_hf_llama
 
 from densa.config.errors import ConfigError
 from densa.config.load import load_recipe_dict
@@ -24,16 +24,9 @@ TRIPLES = [("alpha", "near", "beta"), ("gamma", "near", "delta"), ("beta", "far"
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("plugin_recipe")
     tok, _ = sft_corpus(root)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=SFT_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(root / "base")
+    tiny_hf_llama(root / "base")
     kb = KnowledgeBase.from_triples(TRIPLES)
     kb.save(root / "kb.tsv")
     save_embeddings(

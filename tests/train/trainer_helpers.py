@@ -73,6 +73,19 @@ def sft_corpus(
     return tok, root / "sft.jsonl"
 
 
+def tiny_hf_llama(folder: Path) -> Path:
+    """A seeded 2-layer HF Llama over the SFT_VOCAB tokenizer (GQA 4/2 heads), saved at `folder`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=SFT_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
 def sft_cfg(
     out_dir: str | Path, tok: Path, jsonl: Path, seq: int, *, steps: int = 2, **data: Any
 ) -> RunConfig:
