@@ -277,15 +277,25 @@ def _heads_problems(cfg: RunConfig, training: bool) -> list[Problem]:
         )
     if not cfg.retaining_heads.out_file:
         out.append(Problem("retaining_heads.out_file", "is empty"))
-    for other, on in (
-        ("ssd.enabled", cfg.ssd.enabled),
-        ("sparsity.prosparse.enabled", cfg.sparsity.prosparse.enabled),
-    ):
-        if on:  # both train the backbone, which a retaining-head run freezes
-            out.append(
-                Problem(other, "cannot be combined with retaining_heads.enabled (the backbone is frozen)")
-            )
-    return out
+    # both train the backbone, which a retaining-head run freezes
+    return out + _not_with(
+        cfg, "retaining_heads.enabled", ("ssd", "sparsity.prosparse"), "the backbone is frozen"
+    )
+
+
+def _section(cfg: RunConfig, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _not_with(cfg: RunConfig, method: str, others: tuple[str, ...], why: str) -> list[Problem]:
+    """`OTHER.enabled: cannot be combined with METHOD (why)` for each switched-on section in `others`."""
+    return [
+        Problem(f"{other}.enabled", f"cannot be combined with {method} ({why})")
+        for other in others
+        if _section(cfg, other).enabled
+    ]
 
 
 def _lora_problems(cfg: RunConfig) -> list[Problem]:
@@ -300,16 +310,9 @@ def _lora_problems(cfg: RunConfig) -> list[Problem]:
     for bad in ({"gate_up_proj", "up_proj"} - {ffn}) & set(cfg.lora.target_modules):
         gated = str(cfg.model.gated).lower()
         out.append(Problem("lora.target_modules", f"{bad}: this model (model.gated: {gated}) has {ffn}"))
-    for other, on in (
-        ("ssd.enabled", cfg.ssd.enabled),
-        ("sparsity.prosparse.enabled", cfg.sparsity.prosparse.enabled),
-        ("retaining_heads.enabled", cfg.retaining_heads.enabled),
-    ):
-        if on:  # each trains or re-shapes the base weights, which LoRA keeps frozen
-            out.append(
-                Problem(other, "cannot be combined with lora.enabled (the model's weights are frozen)")
-            )
-    return out
+    # each trains or re-shapes the base weights, which LoRA keeps frozen
+    others = ("ssd", "sparsity.prosparse", "retaining_heads")
+    return out + _not_with(cfg, "lora.enabled", others, "the model's weights are frozen")
 
 
 def _plugin_problems(cfg: RunConfig) -> list[Problem]:
@@ -326,15 +329,8 @@ def _plugin_problems(cfg: RunConfig) -> list[Problem]:
         out.append(Problem("export.hf_dir", "a map-tuning run writes plugin.out_file, not an HF folder"))
     if cfg.data.pack:
         out.append(Problem("data.pack", "cannot be combined with plugin.enabled"))
-    for other, on in (
-        ("ssd.enabled", cfg.ssd.enabled),
-        ("sparsity.prosparse.enabled", cfg.sparsity.prosparse.enabled),
-        ("retaining_heads.enabled", cfg.retaining_heads.enabled),
-        ("lora.enabled", cfg.lora.enabled),
-    ):
-        if on:
-            out.append(Problem(other, "cannot be combined with plugin.enabled (the model is frozen)"))
-    return out
+    others = ("ssd", "sparsity.prosparse", "retaining_heads", "lora")
+    return out + _not_with(cfg, "plugin.enabled", others, "the model is frozen")
 
 
 # (dotted path, minimum, inclusive) for the numbers that must be positive or non-negative.
@@ -471,9 +467,7 @@ def _switched_off_problems(cfg: RunConfig) -> list[Problem]:
     otherwise train every weight without a word."""
     out = []
     for name in SWITCHED_SECTIONS:
-        section = cfg
-        for part in name.split("."):
-            section = getattr(section, part)
+        section = _section(cfg, name)
         if section.enabled:
             continue
         default = type(section)()
