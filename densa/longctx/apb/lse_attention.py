@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from densa.kernels.two_stage_attention import stage_attention
+
 # Scores are materialised in fp32: queries go in slices so one slice's scores stay under this many elements.
 MAX_SCORES = 1 << 28
 
@@ -28,15 +30,9 @@ def attend(
             for s in range(0, seq, step)
         ]
         return torch.cat([p[0] for p in parts], dim=2), torch.cat([p[1] for p in parts], dim=2)
-    group = q.shape[1] // k.shape[1]
-    if group > 1:
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [B, Hq, Tq, Tk]
-    if allowed is not None:
-        scores = scores.masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)
-    probs = torch.exp(scores - lse.unsqueeze(-1).clamp_min(torch.finfo(scores.dtype).min))
-    return (probs @ v.float()).to(q.dtype), lse
+    mask = allowed if allowed is not None else q.new_ones(seq, k.shape[2], dtype=torch.bool)
+    out, lse = stage_attention(q, k, v, mask.expand(batch, -1, -1), 1.0 / math.sqrt(q.shape[-1]))
+    return out.to(q.dtype), lse
 
 
 def merge(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
