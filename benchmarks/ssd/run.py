@@ -464,23 +464,19 @@ def ffn_inputs(model: torch.nn.Module, seqs: torch.Tensor) -> list[torch.Tensor]
 def expert_matmuls(moe: MoEFeedForward, x: torch.Tensor) -> Any:
     """A function running only the MoE's per-expert matmuls (and activation) for input `x`, with routing
     and dispatch done beforehand: what the MoE forward would cost without its routing/gather overhead."""
-    from densa.sparse_moe.grouped import dispatch, grouped_cols, grouped_rows
+    from densa.sparse_moe.grouped import dispatch, grouped_cols, grouped_rows, sort_slots
 
     with torch.no_grad():
-        experts = moe.router(x).topk(moe.top_k, dim=-1).indices.reshape(-1)
-        order = torch.sort(experts, stable=True).indices
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel())
-        counts = torch.bincount(experts, minlength=moe.num_experts).tolist()
-        xs = dispatch(x, order, inverse, moe.top_k)
+        slots = sort_slots(moe.router(x).topk(moe.top_k, dim=-1).indices, moe.num_experts)
+        xs = dispatch(x, slots)
 
     def run() -> None:
         if moe.gated:
-            gate, up = grouped_rows(xs, moe.gate_up_proj.weight, counts, groups=2).unbind(0)
+            gate, up = grouped_rows(xs, moe.gate_up_proj.weight, slots, groups=2)
             hidden = moe.act_fn(gate) * up
         else:
-            hidden = moe.act_fn(grouped_rows(xs, moe.up_proj.weight, counts, groups=1)[0])
-        grouped_cols(hidden, moe.down_proj.weight, counts)
+            hidden = moe.act_fn(grouped_rows(xs, moe.up_proj.weight, slots)[0])
+        grouped_cols(hidden, moe.down_proj.weight, slots)
 
     return run
 

@@ -1,161 +1,130 @@
 """Grouped matmuls over expert blocks of a dense weight: only experts that received tokens are computed.
 
-Tokens are dispatched to slots sorted by expert and combined back with gathers only: index_add /
-scatter-add with repeated indices is slow on CPU and non-deterministic on GPU.
+Each token's k slots (token t, choice j ↦ slot t·k + j) are sorted by expert, so expert e's tokens are the
+rows offsets[e − 1] … offsets[e] of the dispatched input. Expert e's weights are a block of the dense FFN
+weight (rows e·m … (e+1)·m of up / gate and of up in gate_up, columns of down); viewed as [E, m, dim]
+(no copy), all experts run in one `torch.nn.functional.grouped_mm` call per projection, forward and
+backward. Its autograd writes all experts' weight gradient as one full-size tensor (idle experts: zeros),
+where a loop of per-expert matmuls costs a Python call per expert, and autograd through per-expert
+slices a zero-filled full-size gradient per slice.
 
-Tokens arrive sorted by expert (`counts[e]` rows for expert e). Expert e's weights are a block of the dense
-FFN weight (rows e·m…(e+1)·m of gate/up, columns of down), so no expert weights are copied. The backward
-writes each expert's weight gradient straight into its block of one full-size gradient: autograd through
-per-expert slices would instead materialise a zero-filled full-size gradient per slice (E of them), which
-costs more than the sparse matmuls save.
+Dispatch and combine are gathers only: index_select, and embedding_bag's fused gather-sum over a token's
+k slots (index_add / scatter-add with repeated indices is slow on CPU and non-deterministic on GPU).
+Padding every expert to a capacity and one torch.bmm was measured slower on CPU (the padding is computed
+too; benchmarks/moe_ffn_step.py).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 
 
-class _GroupedRows(torch.autograd.Function):
-    """out[g, tokens of e] = x[tokens of e] @ W[g, e]ᵀ with W viewed as [groups, E, m, dim]."""
+class Slots(NamedTuple):
+    """One layer's top-k slots sorted by expert (stable: tokens keep their order inside an expert)."""
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, counts: list[int], groups: int) -> torch.Tensor:
-        num_experts = len(counts)
-        w = weight.view(groups, num_experts, -1, weight.shape[1])
-        out = x.new_empty(groups, x.shape[0], w.shape[2])
-        start = 0
-        for e, n in enumerate(counts):
-            if n:
-                for g in range(groups):
-                    torch.mm(x[start : start + n], w[g, e].t(), out=out[g, start : start + n])
-            start += n
-        ctx.save_for_backward(x, weight)
-        ctx.counts, ctx.groups = counts, groups
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        counts, groups = ctx.counts, ctx.groups
-        w = weight.view(groups, len(counts), -1, weight.shape[1])
-        grad_out = grad_out.contiguous()
-        # Every row of x belongs to one expert, so grad_x is fully written; only idle experts' weight
-        # blocks need zeros (cheaper than zero-filling whole buffers first).
-        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_w = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
-        gw = grad_w.view_as(w) if grad_w is not None else None
-        start = 0
-        for e, n in enumerate(counts):
-            rows = slice(start, start + n)
-            for g in range(groups):
-                if gw is not None:
-                    if n:
-                        torch.mm(grad_out[g, rows].t(), x[rows], out=gw[g, e])
-                    else:
-                        gw[g, e].zero_()
-                if grad_x is not None and n:
-                    if g == 0:
-                        torch.mm(grad_out[g, rows], w[g, e], out=grad_x[rows])
-                    else:
-                        grad_x[rows].addmm_(grad_out[g, rows], w[g, e])
-            start += n
-        return grad_x, grad_w, None, None
+    order: torch.Tensor
+    """[N·k] slot ids (t·k + j) in expert order."""
+    source: torch.Tensor
+    """[N·k] the token of each sorted slot (order // k)."""
+    inverse: torch.Tensor
+    """[N, k] the position of slot (t, j) in `order`."""
+    counts: torch.Tensor
+    """[E] tokens per expert (int64)."""
+    offsets: torch.Tensor
+    """[E] end row of each expert in the sorted slots (int32, `grouped_mm`'s offs)."""
 
 
-class _GroupedCols(torch.autograd.Function):
-    """out[tokens of e] = h[tokens of e] @ W[:, block e]ᵀ with W [dim, E·m] (down_proj)."""
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        m = h.shape[1]
-        out = h.new_empty(h.shape[0], weight.shape[0])
-        start = 0
-        for e, n in enumerate(counts):
-            if n:
-                torch.mm(h[start : start + n], weight[:, e * m : (e + 1) * m].t(), out=out[start : start + n])
-            start += n
-        ctx.save_for_backward(h, weight)
-        ctx.counts = counts
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        h, weight = ctx.saved_tensors
-        counts, m = ctx.counts, h.shape[1]
-        grad_out = grad_out.contiguous()
-        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
-        grad_w = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
-        start = 0
-        for e, n in enumerate(counts):
-            rows, cols = slice(start, start + n), slice(e * m, (e + 1) * m)
-            if grad_h is not None and n:
-                torch.mm(grad_out[rows], weight[:, cols], out=grad_h[rows])
-            if grad_w is not None:
-                grad_w[:, cols] = grad_out[rows].t() @ h[rows] if n else 0.0
-            start += n
-        return grad_h, grad_w, None
+def sort_slots(experts: torch.Tensor, num_experts: int) -> Slots:
+    """Slots of `experts` ([N, k] chosen expert ids) grouped by expert; no host sync."""
+    n, k = experts.shape
+    flat = experts.reshape(-1)
+    order = torch.sort(flat, stable=True).indices
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    counts = torch.bincount(flat, minlength=num_experts)
+    return Slots(order, order // k, inverse.view(n, k), counts, counts.cumsum(0).to(torch.int32))
 
 
 class _Dispatch(torch.autograd.Function):
-    """xs[s] = x[token(s)] for slots sorted by expert; backward gathers back and sums each token's k slots."""
+    """xs[s] = x[source[s]]; backward sums each token's k slot gradients (one fused gather-sum)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, source: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(inverse)
-        ctx.k = k
-        return x.index_select(0, order // k)
+        return x.index_select(0, source)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (inverse,) = ctx.saved_tensors
-        per_slot = grad.index_select(0, inverse)
-        return per_slot.view(-1, ctx.k, per_slot.shape[1]).sum(1), None, None, None
+        return F.embedding_bag(inverse, grad.contiguous(), mode="sum"), None, None
 
 
 class _Combine(torch.autograd.Function):
-    """y[t] = Σ_j w[t, j] · out[slot (t, j)] with SSD's straight-through weight w = 1 + p − stopgrad(p).
+    """y[t] = Σ_j w[t, j] · out[inverse[t, j]] with SSD's straight-through weight w = 1 + p − stopgrad(p).
 
     The forward weight is exactly 1, so no multiply is done (x · 1.0 == x bit for bit); the backward gives
-    out the gradient of y gathered back (times 1) and p the gradient ⟨∂L/∂y[t], out[slot]⟩. A gather and
-    a sum over k replace scatter-add.
+    out the gradient of y gathered back (times 1) and p the gradient ⟨∂L/∂y[t], out[slot]⟩.
     """
 
     @staticmethod
-    def forward(ctx, out: torch.Tensor, p: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, k: int):
-        ctx.save_for_backward(out, order)
-        ctx.k = k
-        per_slot = out.index_select(0, inverse)
-        return per_slot.view(-1, k, out.shape[1]).sum(1)
+    def forward(ctx, out: torch.Tensor, p: torch.Tensor, slots: Slots) -> torch.Tensor:
+        ctx.save_for_backward(out, slots.order, slots.source)
+        ctx.k = slots.inverse.shape[1]
+        return F.embedding_bag(slots.inverse, out, mode="sum")
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        out, order = ctx.saved_tensors
-        grad_out = grad.index_select(0, order // ctx.k)
+        out, order, source = ctx.saved_tensors
+        grad_out = grad.index_select(0, source)
         grad_p = None
         if ctx.needs_input_grad[1]:
             grad_p = torch.empty(out.shape[0], dtype=out.dtype, device=out.device)
-            grad_p[order] = (grad_out * out).sum(1)  # back to (token, j) slot order
+            grad_p[order] = torch.linalg.vecdot(grad_out, out)  # back to (token, j) slot order
             grad_p = grad_p.view(-1, ctx.k)
-        return grad_out, grad_p, None, None, None
+        return grad_out, grad_p, None
 
 
-def dispatch(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:
-    """Rows of x [N, dim] for each of the N·k slots, in `order` (slot ids sorted by expert)."""
-    return _Dispatch.apply(x, order, inverse, k)
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the gradient contiguous: grouped_mm's backward refuses expanded
+    gradients (e.g. from `.sum()`)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
 
 
-def combine(
-    out: torch.Tensor, p: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, k: int
-) -> torch.Tensor:
-    """[N, dim] sums of each token's k slot outputs (`out` rows in `order`), straight-through in p [N, k]."""
-    return _Combine.apply(out, p, order, inverse, k)
+def dispatch(x: torch.Tensor, slots: Slots) -> torch.Tensor:
+    """[N·k, dim]: the row of x [N, dim] of each slot, in expert order."""
+    return _Dispatch.apply(x, slots.source, slots.inverse)
 
 
-def grouped_rows(x: torch.Tensor, weight: torch.Tensor, counts: list[int], groups: int = 1) -> torch.Tensor:
-    """[groups, N, m]: each expert's tokens times its row blocks of `weight` ([groups·E·m, dim])."""
-    return _GroupedRows.apply(x, weight, counts, groups)
+def combine(out: torch.Tensor, p: torch.Tensor, slots: Slots) -> torch.Tensor:
+    """[N, dim] sums of each token's k slot outputs (`out` rows in expert order), straight-through in p
+    [N, k]."""
+    return _Combine.apply(out, p, slots)
 
 
-def grouped_cols(h: torch.Tensor, weight: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """[N, dim]: each expert's activations [N, m] times its column block of `weight` ([dim, E·m])."""
-    return _GroupedCols.apply(h, weight, counts)
+def grouped_rows(
+    xs: torch.Tensor, weight: torch.Tensor, slots: Slots, groups: int = 1
+) -> tuple[torch.Tensor, ...]:
+    """`groups` tensors [N·k, m]: each expert's rows of xs times its row block of each of the `groups`
+    stacked weights in `weight` ([groups·E·m, dim]; gate_up: gate and up, groups = 2)."""
+    w = weight.view(groups, slots.offsets.numel(), -1, weight.shape[1])
+    # unbind, not indexing: its backward stacks the parts once instead of zero-filling a full gradient each
+    parts = w.unbind(0) if groups > 1 else (w.squeeze(0),)
+    return tuple(
+        _ContiguousGrad.apply(F.grouped_mm(xs, part.transpose(1, 2), offs=slots.offsets)) for part in parts
+    )
+
+
+def grouped_cols(h: torch.Tensor, weight: torch.Tensor, slots: Slots) -> torch.Tensor:
+    """[N·k, dim]: each expert's activations h [N·k, m] times its column block of `weight` ([dim, E·m])."""
+    w = weight.view(weight.shape[0], slots.offsets.numel(), -1).permute(1, 2, 0)  # [E, m, dim]
+    return _ContiguousGrad.apply(F.grouped_mm(h, w, offs=slots.offsets))

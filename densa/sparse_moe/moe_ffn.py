@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from densa.sparse_moe.errors import MoEError, check_experts, check_top_k
-from densa.sparse_moe.grouped import combine, dispatch, grouped_cols, grouped_rows
+from densa.sparse_moe.grouped import combine, dispatch, grouped_cols, grouped_rows, sort_slots
 
 
 class MoEFeedForward(nn.Module):
@@ -90,23 +90,17 @@ class MoEFeedForward(nn.Module):
 
     def experts_forward(self, x: torch.Tensor, experts: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Σ_j w[n, j] · expert_{experts[n, j]}(x[n]), w = 1 + p − stopgrad(p); experts and p are [N, k]."""
-        k = experts.shape[1]
-        flat = experts.reshape(-1)
-        order = torch.sort(flat, stable=True).indices  # slot ids (token·k + j) grouped by expert
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        counts_t = torch.bincount(flat, minlength=self.num_experts)
+        slots = sort_slots(experts, self.num_experts)
         with torch.no_grad():
-            self.expert_load += counts_t.to(self.expert_load.dtype)
-        counts = counts_t.tolist()  # one host sync per layer: the loop over experts needs the group sizes
-        xs = dispatch(x, order, inverse, k)
+            self.expert_load += slots.counts.to(self.expert_load.dtype)
+        xs = dispatch(x, slots)
         if self.gated:
-            gate, up = grouped_rows(xs, self.gate_up_proj.weight, counts, groups=2).unbind(0)
+            gate, up = grouped_rows(xs, self.gate_up_proj.weight, slots, groups=2)
             hidden = self.act_fn(gate) * up
         else:
-            hidden = self.act_fn(grouped_rows(xs, self.up_proj.weight, counts, groups=1)[0])
-        out = grouped_cols(hidden, self.down_proj.weight, counts)
-        return combine(out, p, order, inverse, k)
+            (pre,) = grouped_rows(xs, self.up_proj.weight, slots)
+            hidden = self.act_fn(pre)
+        return combine(grouped_cols(hidden, self.down_proj.weight, slots), p, slots)
 
     def extra_repr(self) -> str:
         return f"experts={self.num_experts}, expert_size={self.expert_size}, top_k={self.top_k}"
