@@ -9,6 +9,11 @@ key followed by the QUERY marker, not by its value), otherwise a model learns to
 - `mqar`: K key→value bigrams in the context; the tail asks Q of the keys: QUERY k1 QUERY k2 ...
 - `passkey`: one PASS marker followed by n value tokens; the tail is QUERY PASS d1 ... d(n-1).
 - `first_occurrence`: keys repeat with different values; the answer is the value at the first occurrence.
+- `repeated_pair`: every key occurs twice, in two different blocks of the context; one key carries the same
+  value both times, the others' values are permuted so that every value occurs twice as well. The tail is
+  QUERY alone and the answer is the target's value. Token counts cannot single it out; only the later
+  occurrence, seeing the earlier one while the context is encoded, can tell that its value repeats (a
+  cross-block dependency, reference/longctx.md §7.4).
 - long-document variants take filler from a text (a file or a folder of .txt files), byte-level mapped
   onto the filler tokens (128 filler tokens = ASCII, so the text stays readable) or through `tokenize`.
 """
@@ -236,6 +241,59 @@ def passkey(
     return _assemble(rows, tail)
 
 
+def repeated_pair(
+    batch: int,
+    seq_len: int,
+    n_keys: int = 4,
+    blocks: int = 4,
+    *,
+    vocab: TaskVocab = TaskVocab(),
+    seed: int = 0,
+    filler: Filler | None = None,
+) -> TaskSample:
+    """`n_keys` ≥ 3 keys, each twice as a key→value bigram, its two occurrences in blocks i < j (uniform over
+    the pairs) of the `seq_len - 1` context tokens cut into `blocks` equal blocks (no bigram straddles a
+    block edge). One key carries the same value both times; the others' values form a cycle (key t: w_t then
+    w_t+1), so every key and every value occurs exactly twice and only the pairing tells the target apart.
+    Tail: QUERY; its label is the target's value."""
+    ctx_len = seq_len - 1
+    if blocks < 2 or ctx_len % blocks:
+        raise DensaError(
+            f"repeated_pair: the context ({seq_len} - 1 = {ctx_len} tokens) must split into blocks ≥ 2"
+            f" equal blocks, got blocks={blocks}"
+        )
+    size = ctx_len // blocks
+    if not 3 <= n_keys <= min(vocab.n_keys, vocab.n_values) or 6 * n_keys > size - 2:
+        # every bigram may land in one block: the rejection sampling below needs room for all of them
+        raise DensaError(
+            f"repeated_pair: n_keys={n_keys} must be ≥ 3 and its {2 * n_keys} bigrams fit blocks of"
+            f" {size} tokens and the vocabulary"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    fill = filler or random_filler(vocab)
+    pairs = [(i, j) for i in range(blocks) for j in range(i + 1, blocks)]
+    rows = []
+    for _ in range(batch):
+        tokens = [vocab.bos] + fill(ctx_len - 1, gen).tolist()
+        keys = torch.randperm(vocab.n_keys, generator=gen)[:n_keys].tolist()
+        values = torch.randperm(vocab.n_values, generator=gen)[:n_keys].tolist()
+        m = n_keys - 1  # decoys: key t gets w_t at its first occurrence and w_(t+1 mod m) at its second
+        twice = [(values[0], values[0])] + [(values[1 + t], values[1 + (t + 1) % m]) for t in range(m)]
+        used = {0}
+        for key, vals in zip(keys, twice, strict=True):
+            homes = pairs[int(torch.randint(0, len(pairs), (1,), generator=gen))]
+            for home, value in zip(homes, vals, strict=True):
+                while True:  # a free 2-token slot inside the block (rejection sampling; blocks are sparse)
+                    start = home * size + int(torch.randint(0, size - 1, (1,), generator=gen))
+                    if not {start, start + 1} & used:
+                        break
+                used |= {start, start + 1}
+                tokens[start : start + 2] = [vocab.key0 + key, vocab.value0 + value]
+        tokens.append(vocab.query)
+        rows.append((tokens, [ctx_len], [vocab.value0 + values[0]]))
+    return _assemble(rows, 1)
+
+
 def long_document_mqar(
     text_path: str | os.PathLike, batch: int, seq_len: int, *, vocab: TaskVocab = TaskVocab(), **kw
 ) -> TaskSample:
@@ -254,6 +312,7 @@ TASKS = {
     "mqar": mqar,
     "passkey": passkey,
     "first_occurrence": first_occurrence,
+    "repeated_pair": repeated_pair,
     "long_document_mqar": long_document_mqar,
     "long_document_passkey": long_document_passkey,
 }
@@ -273,6 +332,7 @@ TASKS: dict[str, Callable[..., TaskSample]] = {
     "mqar": mqar,
     "passkey": passkey,
     "first_occurrence": first_occurrence,
+    "repeated_pair": repeated_pair,
 }
 
 

@@ -14,6 +14,7 @@ from densa.longctx.tasks import (
     long_document_passkey,
     mqar,
     passkey,
+    repeated_pair,
 )
 
 V = TaskVocab()
@@ -81,3 +82,39 @@ def test_task_size_errors() -> None:
         mqar(1, 40, 30, 2)
     with pytest.raises(DensaError, match="n_queries"):
         mqar(1, 40, 2, 3)
+
+
+def test_repeated_pair_pins_a_sample_and_its_invariants() -> None:
+    s = repeated_pair(2, 129, 3, blocks=4, seed=7)
+    needles = [[(i, t) for i, t in enumerate(row) if t < V.filler0] for row in s.input_ids.tolist()]
+    assert needles[0] == [
+        (0, 0), (37, 51), (38, 95), (52, 44), (53, 100), (69, 44), (70, 104), (92, 55), (93, 104),
+        (111, 55), (112, 100), (123, 51), (124, 95), (128, 1),
+    ]  # fmt: skip
+    assert s.tail == 1 and s.labels[:, -1].tolist() == [95, 114]
+    assert s.answer_mask.nonzero().tolist() == [[0, 128], [1, 128]]
+    for blocks in (2, 4):
+        s = repeated_pair(16, 257, 4, blocks=blocks, seed=blocks)
+        size = 256 // blocks
+        for row, label in zip(s.input_ids.tolist(), s.labels[:, -1].tolist(), strict=True):
+            pairs = _pairs(row, 256)
+            keys, values = [k for k, _ in pairs], [v for _, v in pairs]
+            assert len(pairs) == 8 and all(keys.count(k) == 2 and values.count(k) == 0 for k in keys)
+            assert all(values.count(v) == 2 for v in values)  # counting tokens cannot find the target
+            same = [k for k in set(keys) if len({v for kk, v in pairs if kk == k}) == 1]
+            assert len(same) == 1 and dict(pairs)[same[0]] == label  # one key keeps its value: the answer
+            for k in set(keys):
+                first, second = (p for p in range(256) if row[p] == k)
+                assert first // size < second // size and (first + 1) // size == first // size
+            assert row[-1] == V.query
+
+
+def test_repeated_pair_errors() -> None:
+    with pytest.raises(
+        DensaError, match=r"\(257 - 1 = 256 tokens\) must split into blocks ≥ 2 equal blocks, got blocks=3"
+    ):
+        repeated_pair(1, 257, blocks=3)
+    with pytest.raises(DensaError, match="n_keys=2 must be ≥ 3 and its 4 bigrams fit blocks of 64 tokens"):
+        repeated_pair(1, 257, 2)
+    with pytest.raises(DensaError, match="n_keys=8 must be ≥ 3 and its 16 bigrams fit blocks of 32 tokens"):
+        repeated_pair(1, 129, 8, blocks=4)
