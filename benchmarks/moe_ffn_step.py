@@ -3,7 +3,10 @@
 Claim under test: the MoE computes only the selected experts, forward and backward, so its step time
 falls with k/E (SSD's sparse phase saves compute). Same weights, same input, fp32 CPU; the router is the
 centroid router of a balanced k-means split (realistic, slightly unbalanced loads: reported as max/mean).
-Timed interleaved; medians of `--repeats` runs; speed-up = dense median / MoE median.
+Timed interleaved; medians of `--repeats` runs; speed-up = dense median / MoE median. At k/E = 1/4 the
+expert-execution strategies densa does not use (benchmarks/moe_ffn_alternatives.py: a per-expert torch.mm
+loop, experts padded to a capacity and one torch.bmm) are timed in the same rounds, with their largest
+difference from the MoE's output and gradients.
 
     python -m benchmarks.moe_ffn_step [--repeats 7] [--tokens 2048] [--threads 1]
 
@@ -15,10 +18,12 @@ which measures the machine's load, not the method.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 
 from benchmarks.common import machine_info, median, time_interleaved, write_results
+from benchmarks.moe_ffn_alternatives import ALTERNATIVES
 from densa.models import ModelConfig
 from densa.models.ffn import FeedForward
 from densa.sparse_moe import CentroidRouter, MoEFeedForward, cluster_ffn
@@ -29,6 +34,7 @@ SHAPES = {
     "swiglu d512 f2048 E16": dict(dim=512, ffn_dim=2048, gated=True, activation="silu", experts=16),
 }
 FRACTIONS = (1.0, 0.5, 0.25, 0.125)
+Expert = Callable[[MoEFeedForward, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def bench_shape(name: str, tokens: int, repeats: int) -> dict:
@@ -49,11 +55,14 @@ def bench_shape(name: str, tokens: int, repeats: int) -> dict:
     x = torch.randn(tokens, s["dim"], requires_grad=True)
     grad = torch.randn(tokens, s["dim"])
 
-    def step(module: torch.nn.Module) -> None:
-        module(x).backward(grad)
+    def step(module: torch.nn.Module, fn: Expert | None = None) -> list[torch.Tensor]:
+        out = module(x) if fn is None else routed(module, x, fn)
+        out.backward(grad)
+        got = [out.detach(), x.grad] + [p.grad for p in module.parameters()]
         x.grad = None
         for p in module.parameters():
             p.grad = None
+        return got
 
     fns = {"dense": lambda: step(ffn)}
     moes = {}
@@ -62,8 +71,25 @@ def bench_shape(name: str, tokens: int, repeats: int) -> dict:
         router = CentroidRouter.from_clustering(clustering)
         moes[k] = MoEFeedForward(ffn, s["experts"], k, router)
         fns[f"k={k}"] = lambda m=moes[k]: step(m)
+    quarter = moes[s["experts"] // 4]
+    for alt, fn in ALTERNATIVES.items():
+        fns[alt] = lambda fn=fn: step(quarter, fn)
     times = time_interleaved(fns, repeats=repeats, warmup=1)
     dense = median(times["dense"])
+    alternatives = []
+    want = step(quarter)
+    for alt, fn in ALTERNATIVES.items():
+        diff = max(float((a - b).abs().max()) for a, b in zip(step(quarter, fn), want, strict=True))
+        t = median(times[alt])
+        alternatives.append(
+            {
+                "strategy": alt,
+                "k": quarter.top_k,
+                "median_s": t,
+                "speedup_vs_dense": dense / t,
+                "max_abs_diff_vs_moe": diff,
+            }
+        )
     rows = []
     for k, moe in moes.items():
         moe.pop_load()
@@ -80,7 +106,21 @@ def bench_shape(name: str, tokens: int, repeats: int) -> dict:
                 "load_max_over_mean": float(load.max() / load.mean()),
             }
         )
-    return {"shape": name, **s, "tokens": tokens, "dense_median_s": dense, "moe": rows, "times": times}
+    return {
+        "shape": name,
+        **s,
+        "tokens": tokens,
+        "dense_median_s": dense,
+        "moe": rows,
+        "alternatives_at_quarter": alternatives,
+        "times": times,
+    }
+
+
+def routed(moe: MoEFeedForward, x: torch.Tensor, fn: Expert) -> torch.Tensor:
+    """`moe`'s forward with its expert execution replaced by `fn` (same routing and weights)."""
+    top, experts = moe.router(x.detach()).topk(moe.top_k, dim=-1)
+    return fn(moe, x, experts, torch.softmax(top, dim=-1))
 
 
 def main() -> None:
@@ -105,6 +145,25 @@ def main() -> None:
                 f"| {r['shape']} | {row['k_over_E']:.3g} | {row['k']} | {r['dense_median_s'] * 1e3:.1f} |"
                 f" {row['median_s'] * 1e3:.1f} | {row['speedup_vs_dense']:.2f}x |"
                 f" {row['ideal_speedup']:.0f}x | {row['load_max_over_mean']:.2f} |"
+            )
+    lines += [
+        "",
+        "Expert execution strategies at k/E = 1/4, timed in the same rounds (speed-up vs the same dense;"
+        " max |diff| = largest difference from the MoE's output and gradients):",
+        "",
+        "| shape | strategy | ms | speed-up | max abs diff |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        quarter = next(row for row in r["moe"] if row["k_over_E"] == 0.25)
+        lines.append(
+            f"| {r['shape']} | grouped_mm (densa) | {quarter['median_s'] * 1e3:.1f} |"
+            f" {quarter['speedup_vs_dense']:.2f}x | 0 |"
+        )
+        for a in r["alternatives_at_quarter"]:
+            lines.append(
+                f"| {r['shape']} | {a['strategy']} | {a['median_s'] * 1e3:.1f} |"
+                f" {a['speedup_vs_dense']:.2f}x | {a['max_abs_diff_vs_moe']:.2g} |"
             )
     machine = machine_info()
     lines += [

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from densa.sparse_moe.errors import MoEError, check_experts, check_top_k
-from densa.sparse_moe.grouped import combine, dispatch, grouped_cols, grouped_rows, sort_slots
+from densa.sparse_moe.grouped import dispatch, grouped_cols_combine, grouped_rows, sort_slots
 
 
 class MoEFeedForward(nn.Module):
@@ -100,7 +100,7 @@ class MoEFeedForward(nn.Module):
         else:
             (pre,) = grouped_rows(xs, self.up_proj.weight, slots)
             hidden = self.act_fn(pre)
-        return combine(grouped_cols(hidden, self.down_proj.weight, slots), p, slots)
+        return grouped_cols_combine(hidden, self.down_proj.weight, p, slots)
 
     def extra_repr(self) -> str:
         return f"experts={self.num_experts}, expert_size={self.expert_size}, top_k={self.top_k}"

@@ -9,20 +9,27 @@ import torch
 from densa.models import ModelConfig
 from densa.models.ffn import FeedForward
 from densa.sparse_moe import CentroidRouter, MoEFeedForward, cluster_ffn
-from densa.sparse_moe.grouped import combine, dispatch, grouped_cols, grouped_rows, sort_slots
+from densa.sparse_moe.grouped import (
+    _fits_grouped_mm,
+    dispatch,
+    grouped_cols,
+    grouped_cols_combine,
+    grouped_rows,
+    sort_slots,
+)
 from densa.sparse_moe.moe_ffn import dense_masked_reference
 
 
-def make_moe(gated: bool, activation: str, experts: int = 16, top_k: int = 4) -> MoEFeedForward:
+def make_moe(gated: bool, activation: str, ffn_dim: int = 512, experts: int = 16) -> MoEFeedForward:
     torch.manual_seed(0)
     config = ModelConfig(
-        vocab_size=8, dim=64, n_layers=1, n_heads=4, ffn_dim=512, gated=gated, activation=activation
+        vocab_size=8, dim=64, n_layers=1, n_heads=4, ffn_dim=ffn_dim, gated=gated, activation=activation
     )
     ffn = FeedForward(config)
     with torch.no_grad():
         for p in ffn.parameters():
             p.normal_(0.0, 0.1)
-    return MoEFeedForward(ffn, experts, top_k, CentroidRouter.from_clustering(cluster_ffn(ffn, experts)))
+    return MoEFeedForward(ffn, experts, 4, CentroidRouter.from_clustering(cluster_ffn(ffn, experts)))
 
 
 def grads(moe: MoEFeedForward, x: torch.Tensor, out: torch.Tensor, grad_out: torch.Tensor) -> list:
@@ -34,11 +41,14 @@ def grads(moe: MoEFeedForward, x: torch.Tensor, out: torch.Tensor, grad_out: tor
     return got
 
 
-@pytest.mark.parametrize(("gated", "activation"), [(False, "relu"), (True, "silu")])
-def test_fp32_moe_matches_float64_dense_masked_ffn(gated, activation):
+# experts of 32 neurons (grouped_mm), and of 6 (24-byte strides: the per-expert mm fallback)
+@pytest.mark.parametrize(
+    ("gated", "activation", "ffn_dim"), [(False, "relu", 512), (True, "silu", 512), (True, "silu", 96)]
+)
+def test_fp32_moe_matches_float64_dense_masked_ffn(gated, activation, ffn_dim):
     """Output, every weight gradient, the router's gradient (through p) and the input gradient at k/E =
-    1/4 over 300 tokens: within 2e-6 of the largest value (fp32 rounding; 2.5e-7 … 4.6e-7 measured)."""
-    moe = make_moe(gated, activation)
+    1/4 over 300 tokens: within 2e-6 of the largest value (fp32 rounding: 1.6e-7 … 4.7e-7 measured)."""
+    moe = make_moe(gated, activation, ffn_dim)
     x = torch.randn(300, 64, requires_grad=True)
     grad_out = torch.randn(300, 64)
     got = grads(moe, x, moe(x), grad_out)
@@ -66,8 +76,10 @@ def _loop_reference(xs: torch.Tensor, weight: torch.Tensor, counts: list[int], c
     return torch.cat(outs)
 
 
-def test_grouped_rows_and_cols_equal_per_expert_matmuls_with_idle_and_full_experts():
-    # Expert 1 takes every token's first slot, experts 0, 2 and 5 get none; k = 2, E = 6, m = 4, d = 8.
+@pytest.mark.parametrize(("dim", "m", "fits"), [(8, 4, True), (6, 3, False)])
+def test_grouped_rows_and_cols_equal_per_expert_matmuls_with_idle_and_full_experts(dim, m, fits):
+    """grouped_mm where the strides are 16-byte multiples (dim, m = 8, 4 in fp32), else the mm fallback."""
+    # Expert 1 takes every token's first slot, experts 0, 2 and 5 get none; k = 2, E = 6.
     experts = torch.tensor([[1, 3], [1, 4], [1, 3], [1, 3], [1, 4]])
     slots = sort_slots(experts, 6)
     assert slots.counts.tolist() == [0, 5, 0, 3, 2, 0]
@@ -75,9 +87,10 @@ def test_grouped_rows_and_cols_equal_per_expert_matmuls_with_idle_and_full_exper
     assert slots.source.tolist() == [0, 1, 2, 3, 4, 0, 2, 3, 1, 4]
     counts = slots.counts.tolist()
     torch.manual_seed(1)
-    xs = torch.randn(10, 8, requires_grad=True)
-    w_rows = torch.randn(2 * 24, 8, requires_grad=True)  # gate_up: [2·E·m, d]
-    w_cols = torch.randn(8, 24, requires_grad=True)
+    xs = torch.randn(10, dim, requires_grad=True)
+    w_rows = torch.randn(2 * 6 * m, dim, requires_grad=True)  # gate_up: [2·E·m, dim]
+    w_cols = torch.randn(dim, 6 * m, requires_grad=True)
+    assert _fits_grouped_mm(dim, m, xs, w_rows, w_cols) == fits
     gate, up = grouped_rows(xs, w_rows, slots, groups=2)
     out = grouped_cols(gate * up, w_cols, slots)
     # .sum() hands grouped_mm an expanded gradient, which it refuses unless made contiguous first
@@ -85,36 +98,43 @@ def test_grouped_rows_and_cols_equal_per_expert_matmuls_with_idle_and_full_exper
     got = [out.detach(), xs.grad, w_rows.grad, w_cols.grad]
 
     xs2, w_rows2, w_cols2 = (t.detach().clone().requires_grad_() for t in (xs, w_rows, w_cols))
-    gate2 = _loop_reference(xs2, w_rows2[:24], counts, cols=False)
-    up2 = _loop_reference(xs2, w_rows2[24:], counts, cols=False)
+    gate2 = _loop_reference(xs2, w_rows2[: 6 * m], counts, cols=False)
+    up2 = _loop_reference(xs2, w_rows2[6 * m :], counts, cols=False)
     out2 = _loop_reference(gate2 * up2, w_cols2, counts, cols=True)
     out2.sum().backward()
     for a, b in zip(got, [out2.detach(), xs2.grad, w_rows2.grad, w_cols2.grad], strict=True):
         assert (a - b).abs().max() <= 1e-5
-    idle = [0, 2, 5]
-    for e in idle:
-        assert w_rows.grad[e * 4 : (e + 1) * 4].abs().max() == 0  # gate rows
-        assert w_rows.grad[24 + e * 4 : 24 + (e + 1) * 4].abs().max() == 0  # up rows
-        assert w_cols.grad[:, e * 4 : (e + 1) * 4].abs().max() == 0
-    assert w_cols.grad[:, 4:8].abs().min() > 0  # expert 1 (every token) is trained
+    for e in (0, 2, 5):  # idle experts
+        assert w_rows.grad[e * m : (e + 1) * m].abs().max() == 0  # gate rows
+        assert w_rows.grad[(6 + e) * m : (7 + e) * m].abs().max() == 0  # up rows
+        assert w_cols.grad[:, e * m : (e + 1) * m].abs().max() == 0
+    assert w_cols.grad[:, m : 2 * m].abs().min() > 0  # expert 1 (every token) is trained
 
 
-def test_dispatch_and_combine_gather_and_sum_each_tokens_slots():
+@pytest.mark.parametrize("dim", [4, 2])  # grouped_mm, and the mm fallback (8-byte strides)
+def test_dispatch_and_cols_combine_gather_and_sum_each_tokens_slots(dim):
     experts = torch.tensor([[2, 0], [0, 1], [2, 1]])
     slots = sort_slots(experts, 3)
-    x = torch.arange(6.0).view(3, 2).requires_grad_()
+    x = torch.arange(3.0 * dim).view(3, dim).requires_grad_()
     xs = dispatch(x, slots)
-    assert xs.tolist() == [[0, 1], [2, 3], [2, 3], [4, 5], [0, 1], [4, 5]]  # experts 0, 0, 1, 1, 2, 2
+    assert torch.equal(xs, x.detach()[[0, 1, 1, 2, 0, 2]])  # experts 0, 0, 1, 1, 2, 2
+    # Expert e's column block of the down weight is (e + 1)·I: slot (t, j) outputs (e_tj + 1)·x[t].
+    weight = torch.cat([(e + 1) * torch.eye(dim) for e in range(3)], dim=1).requires_grad_()
     p = torch.tensor([[0.7, 0.3], [0.6, 0.4], [0.5, 0.5]], requires_grad=True)
-    out = xs * 10 + torch.arange(6.0)[:, None]
-    y = combine(out, p, slots)
-    assert y.tolist() == [[4, 24], [43, 63], [88, 108]]  # rows 4 + 0, 1 + 2, 5 + 3 of out
-    grad_y = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    y = grouped_cols_combine(xs, weight, p, slots)
+    scale = (experts + 1).float()  # [N, k]
+    assert torch.equal(y, scale.sum(1, keepdim=True) * x)  # forward weight exactly 1
+    grad_y = torch.arange(1.0, 3 * dim + 1).view(3, dim)
     y.backward(grad_y)
-    # grad_p[t, j] = <grad_y[t], out of slot (t, j)>; grad_x[t] = k · grad_y[t] (forward weight 1, k = 2)
-    rows = out.detach()[slots.inverse]  # [N, k, d]
-    assert torch.equal(p.grad, (rows * grad_y[:, None]).sum(-1))
-    assert torch.equal(x.grad, 20 * grad_y)
+    # ∂L/∂p[t, j] = ⟨∂L/∂y[t], output of slot (t, j)⟩; ∂L/∂x[t] = Σ_j (e_tj + 1)·∂L/∂y[t]
+    assert torch.equal(p.grad, scale * (grad_y * x.detach()).sum(1, keepdim=True))
+    assert torch.equal(x.grad, scale.sum(1, keepdim=True) * grad_y)
+    # down weight block e: Σ over its slots of ∂L/∂y[t] ⊗ x[t]
+    want = torch.zeros(dim, 3 * dim)
+    for t in range(3):
+        for e in experts[t].tolist():
+            want[:, dim * e : dim * (e + 1)] += torch.outer(grad_y[t], x.detach()[t])
+    assert torch.equal(weight.grad, want)
 
 
 def test_bitwise_deterministic():
