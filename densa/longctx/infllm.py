@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from densa.kernels.two_stage_attention import received_mass, two_stage_attention
+from densa.kernels.two_stage_attention import two_stage_attention_with_mass
 from densa.longctx.errors import KVPolicyError
 from densa.longctx.infllm_memory import UnitCache, UnitStore
 from densa.models.rope import apply_rotary
@@ -185,10 +185,19 @@ class _LayerMemory:
         )
         return torch.cat(parts_k, 2), torch.cat(parts_v, 2), pos
 
-    def add_scores(self, mass: torch.Tensor) -> None:
-        """mass [B, Hkv, L] over context(): accumulate the recent tokens' part."""
-        if self.recent_score is not None:
-            self.recent_score += mass[:, :, mass.shape[2] - self.recent_score.shape[2] :]
+    def keys_before(self, position: int) -> int:
+        """How many keys of context() sit at positions < `position` (they are sorted by position)."""
+        n_init = 0 if self.init_k is None else self.init_k.shape[2]
+        n_recent = 0 if self.recent_k is None else self.recent_k.shape[2]
+        return min(max(position, 0), n_init) + min(max(position - self.recent_start, 0), n_recent)
+
+    def add_scores(self, mass: torch.Tensor, first: int) -> None:
+        """mass [B, Hkv, L'] over context()[first:] (every earlier key received none): accumulate the
+        recent tokens' part."""
+        if self.recent_score is None:
+            return
+        n_init = 0 if self.init_k is None else self.init_k.shape[2]
+        self.recent_score[:, :, max(0, first - n_init) :] += mass[:, :, max(0, n_init - first) :]
 
     def unitize(self, next_pos: int, gen: torch.Generator) -> int:
         """Turn every full block of tokens outside the next query's window into a unit; returns how many."""
@@ -285,20 +294,28 @@ class InfLLMContext:
         mem = self.layers[layer]
         mem.append(k, v, int(pos[0]))
         keys, values, key_pos = mem.context()
+        # Keys are sorted by position, so the keys inside some query's window are a suffix [lo:] and
+        # those at least n_local behind some query a prefix [:hi]; every other (query, key) pair is
+        # masked in that stage, so each stage gets only its slice (the same softmax, fewer logits).
+        first, last = int(pos[0]), int(pos[-1])
+        lo, hi = mem.keys_before(first - cfg.n_local + 1), mem.keys_before(last - cfg.n_local + 1)
         cos_q, sin_q = rope(pos, q.dtype)
-        cos_k, sin_k = rope(key_pos, keys.dtype)
-        q_rot, k_rot = apply_rotary(q, cos_q, sin_q), apply_rotary(keys, cos_k, sin_k)
-        dist = pos[:, None] - key_pos[None, :]  # [n, L]
+        cos_k, sin_k = rope(key_pos[lo:], keys.dtype)
+        q_rot, k_rot = apply_rotary(q, cos_q, sin_q), apply_rotary(keys[:, :, lo:], cos_k, sin_k)
+        dist = pos[:, None] - key_pos[None, lo:]  # [n, L - lo]
         local_mask = ((dist >= 0) & (dist < cfg.n_local)).expand(batch, n, -1)
-        far_mask = (dist >= cfg.n_local).expand(batch, n, -1)
+        far_mask = (pos[:, None] - key_pos[None, :hi] >= cfg.n_local).expand(batch, n, -1)
 
-        chosen = self._lookup(layer, mem, q, int(pos[0]))
+        chosen = self._lookup(layer, mem, q, first)
         if cfg.memory_positions == "constant":
             cos_d, sin_d = rope(torch.tensor([cfg.distance], device=q.device), q.dtype)
-            q_mem, mem_keys = apply_rotary(q, cos_d, sin_d), [keys]
+            q_mem, mem_keys = apply_rotary(q, cos_d, sin_d), [keys[:, :, :hi]]
         else:
-            q_mem, mem_keys = q_rot, [k_rot]
-        mem_values, masks = [values], [far_mask]
+            far = keys[:, :, :hi]
+            if hi:  # rope() needs at least one position
+                far = apply_rotary(far, *rope(key_pos[:hi], keys.dtype))
+            q_mem, mem_keys = q_rot, [far]
+        mem_values, masks = [values[:, :, :hi]], [far_mask]
         if chosen is not None:
             uk, uv = self._gather_units(mem, chosen, q.device)
             if cfg.memory_positions == "original":
@@ -314,12 +331,12 @@ class InfLLMContext:
             masks.append(torch.ones(batch, n, uk.shape[2], dtype=torch.bool, device=q.device))
         mem_mask = torch.cat(masks, dim=2)
         scale = 1.0 / math.sqrt(dim)
-        out, lse_local = two_stage_attention(
-            q_rot, k_rot, values, local_mask,
+        out, _, mass = two_stage_attention_with_mass(
+            q_rot, k_rot, values[:, :, lo:], local_mask,
             q_mem, torch.cat(mem_keys, 2), torch.cat(mem_values, 2), mem_mask,
             scale, backend=cfg.backend,
         )  # fmt: skip
-        mem.add_scores(received_mass(q_rot, k_rot, local_mask, lse_local, scale))
+        mem.add_scores(mass, lo)
 
         attended = local_mask.sum(-1) + mem_mask.sum(-1)  # [B, n]
         stats = self.stats

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from densa.kernels.two_stage_attention import received_mass, two_stage_attention, two_stage_attention_torch
+from densa.kernels.two_stage_attention import (
+    QUERY_CHUNK,
+    received_mass,
+    stage_attention,
+    two_stage_attention,
+    two_stage_attention_torch,
+    two_stage_attention_with_mass,
+)
 
 HERE = Path(__file__).parent
 
@@ -63,6 +70,36 @@ def test_empty_memory_stage_and_received_mass() -> None:
     assert (out - ref).abs().max() < 1e-6
     probs = torch.exp((q @ k.transpose(-1, -2)) * 0.5 - ref_lse[..., None]) * mask[:, None]
     assert (received_mass(q, k, mask, lse, 0.5) - probs.sum(dim=(1, 2))[:, None]).abs().max() < 1e-6
+
+
+def test_chunked_stage_with_mass_over_a_sliding_window() -> None:
+    """More queries than one chunk, a banded (sliding-window) mask whose chunks see different key
+    columns, a whole chunk with no key and single empty rows: out, lse and the fused received mass
+    against the direct softmax."""
+    gen = torch.Generator().manual_seed(2)
+    b, hq, hk, d, n, window = 2, 6, 2, 8, 2 * QUERY_CHUNK + 37, 50
+    length = n + 20
+    q = torch.randn(b, hq, n, d, generator=gen)
+    k, v = torch.randn(b, hk, length, d, generator=gen), torch.randn(b, hk, length, d, generator=gen)
+    dist = torch.arange(n)[:, None] + 20 - torch.arange(length)[None]
+    mask = ((dist >= 0) & (dist < window)).expand(b, n, length).clone()
+    mask[:, QUERY_CHUNK : 2 * QUERY_CHUNK] = False  # a chunk that sees nothing
+    mask[1, 5] = False
+    out, lse, mass = stage_attention(q, k, v, mask, 0.4, with_mass=True)
+    ref, ref_lse = _direct(q, k, v, mask, 0.4)
+    empty = ~mask.any(-1)[:, None].expand(b, hq, n)
+    assert (out[empty] == 0).all() and torch.isinf(lse[empty]).all()
+    assert (out - ref.nan_to_num()).abs().max() < 1e-5
+    assert (lse[~empty] - ref_lse[~empty]).abs().max() < 1e-5
+    group = hq // hk
+    logits = (q @ k.repeat_interleave(group, 1).transpose(-1, -2)) * 0.4
+    probs = (logits - ref_lse[..., None]).exp() * mask[:, None]
+    direct_mass = probs.nan_to_num().view(b, hk, group, n, length).sum(dim=(2, 3))
+    assert (mass - direct_mass).abs().max() < 1e-4
+    assert (received_mass(q, k, mask, lse, 0.4) - direct_mass).abs().max() < 1e-4
+    none = torch.zeros(b, n, 0, dtype=torch.bool)
+    out2, lse2, mass2 = two_stage_attention_with_mass(q, k, v, mask, q, k[:, :, :0], v[:, :, :0], none, 0.4)
+    assert torch.equal(out2, out) and torch.equal(lse2, lse) and torch.equal(mass2, mass)
 
 
 def test_unknown_backend_is_an_error() -> None:
