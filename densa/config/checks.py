@@ -190,14 +190,36 @@ def _ssd_problems(cfg: RunConfig) -> list[Problem]:
         out.append(
             Problem("ssd.num_experts", f"{s.num_experts} does not divide model.ffn_dim ({cfg.model.ffn_dim})")
         )
-    # The switch permutes parameters and Adam moments in place: fp32 master copies (ZeRO >= 1, bf16/fp16)
-    # would undo it, and a TP shard holds only part of each neuron's rows.
+    # The switch permutes each FFN weight with its Adam moments and fp32 master (densa.train.engine.Engine
+    # .permute_param_): that needs whole weights on every rank and DeepSpeed's per-parameter master links.
     if p.tp != 1:
-        out.append(Problem("parallel.tp", f"ssd.enabled needs tp = 1, got {p.tp}"))
-    if p.zero_stage != 0:
-        out.append(Problem("parallel.zero_stage", f"ssd.enabled needs ZeRO stage 0, got {p.zero_stage}"))
-    if p.precision != "fp32":
-        out.append(Problem("parallel.precision", f"ssd.enabled needs fp32, got {p.precision}"))
+        out.append(
+            Problem(
+                "parallel.tp",
+                f"ssd.enabled needs tp = 1, got {p.tp}: a TP rank holds 1/tp of every FFN's neurons, and SSD"
+                " clusters and routes over all of a layer's neurons (experts split across TP ranks are not"
+                " implemented)",
+            )
+        )
+    if p.zero_stage == 3:
+        out.append(
+            Problem(
+                "parallel.zero_stage",
+                "ssd.enabled needs ZeRO stage 0, 1 or 2, got 3: ZeRO-3 partitions the weights themselves,"
+                " which SSD clusters and permutes whole",
+            )
+        )
+    if p.precision == "fp16":
+        out.append(Problem("parallel.precision", "ssd.enabled needs fp32 or bf16, got fp16 (untested)"))
+    elif p.precision == "bf16" and p.zero_stage == 0:
+        out.append(
+            Problem(
+                "parallel.precision",
+                "ssd.enabled with bf16 needs parallel.zero_stage 1 or 2, got 0: DeepSpeed's ZeRO-0 bf16"
+                " optimizer keeps its fp32 masters in flat buffers with no per-parameter link that SSD could"
+                " permute",
+            )
+        )
     for i, step in enumerate(s.switch_steps):
         if not 1 <= step <= cfg.train.steps:
             out.append(

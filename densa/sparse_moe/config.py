@@ -25,7 +25,7 @@ ROUTERS: tuple[str, ...] = typing.get_args(RouterKind)
 
 @dataclass(frozen=True, kw_only=True)
 class SSDConfig:
-    """Switchable sparse-dense learning (densa.sparse_moe.ssd, docs/ssd.md): tp = 1, ZeRO-0, fp32 only."""
+    """Switchable sparse-dense learning (docs/ssd.md): tp = 1; ZeRO 0-2 in fp32, ZeRO 1-2 in bf16."""
 
     enabled: bool = False
     """Run the SSD callback: re-cluster FFN neurons into experts and switch between dense and MoE training.

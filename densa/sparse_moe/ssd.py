@@ -14,7 +14,9 @@ model); the callback state does: mode, layouts, clusterings, routers, router opt
 the (already permuted) weights are wrapped again without permuting.
 
 Trainer protocol: `densa.train.callbacks.Callback`; the model is `trainer.engine.module` (or
-`trainer.model`), the optimizer `trainer.engine.torch_optimizer` (or `trainer.optimizer`).
+`trainer.model`). The training state is moved with the weights by the engine itself when it is a
+`ParamState` (densa's engine: ZeRO-0/1/2, fp32 or bf16, every call a collective on all ranks), else by
+`trainer.engine.torch_optimizer` (or `trainer.optimizer`).
 """
 
 from __future__ import annotations
@@ -31,20 +33,29 @@ from densa.sparse_moe.moe_ffn import MoEFeedForward
 from densa.sparse_moe.moefication import Clustering, cluster_ffn
 from densa.sparse_moe.router import build_router
 from densa.sparse_moe.stability import stability
-from densa.sparse_moe.switching import check_optimizer, compose, ffn_modules, to_dense, to_sparse
+from densa.sparse_moe.switching import (
+    Holder,
+    ParamState,
+    check_optimizer,
+    compose,
+    ffn_modules,
+    to_dense,
+    to_sparse,
+)
 from densa.train.callbacks import Callback
 
 STATE_VERSION = 1
 
 
-def _unwrap(trainer: Any) -> tuple[nn.Module, torch.optim.Optimizer | None]:
+def _unwrap(trainer: Any) -> tuple[nn.Module, Holder | None]:
     engine = getattr(trainer, "engine", None)
     model = getattr(engine, "module", None) if engine is not None else getattr(trainer, "model", None)
-    optimizer = (
-        getattr(engine, "torch_optimizer", None)
-        if engine is not None
-        else getattr(trainer, "optimizer", None)
-    )
+    if isinstance(engine, ParamState):
+        optimizer = engine
+    elif engine is not None:
+        optimizer = getattr(engine, "torch_optimizer", None)
+    else:
+        optimizer = getattr(trainer, "optimizer", None)
     while model is not None and not hasattr(model, "layers") and hasattr(model, "module"):
         model = model.module
     if model is None:
@@ -67,7 +78,7 @@ class SSDCallback(Callback):
         self.config = config
         self.total_steps = total_steps
         self.model: nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer: Holder | None = None
         self.mode = "dense"
         self.layouts: list[torch.Tensor] = []
         self.clusterings: list[Clustering] = []
@@ -76,6 +87,8 @@ class SSDCallback(Callback):
         self.history: list[dict[str, Any]] = []
         self.router_optimizer: torch.optim.Optimizer | None = None
         self._phase_load: list[torch.Tensor] = []
+        self._router_grads: dict[torch.Tensor, torch.Tensor] = {}
+        self._router_hooks: list[Any] = []
         self._pending: dict[str, Any] | None = None
 
     @property
@@ -84,7 +97,7 @@ class SSDCallback(Callback):
 
     # ---------------------------------------------------------------------------------- binding
 
-    def bind(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    def bind(self, model: nn.Module, optimizer: Holder | None) -> None:
         ffns = ffn_modules(model)
         for ffn in ffns:
             check_experts(ffn.n_local_neurons, self.config.num_experts)
@@ -194,6 +207,7 @@ class SSDCallback(Callback):
         to_dense(self.model, optimizer=self.optimizer)
         self.mode = "dense"
         self.router_optimizer = None
+        self._drop_router_hooks()
         loads = [(load / load.sum().clamp_min(1)).tolist() for load in self._phase_load]
         self.history.append({"step": step, "event": "to_dense", "expert_load": loads})
         self._phase_load = []
@@ -206,9 +220,25 @@ class SSDCallback(Callback):
     def _make_router_optimizer(self) -> None:
         params = [p for moe in self._moe_layers() for p in moe.router.parameters()]
         lr = self.config.router_lr
+        self._drop_router_hooks()
         for p in params:
             p.requires_grad_(lr > 0)
+            if lr > 0:
+                self._router_hooks.append(p.register_post_accumulate_grad_hook(self._take_router_grad))
         self.router_optimizer = torch.optim.Adam(params, lr=lr) if lr > 0 else None
+
+    def _take_router_grad(self, param: torch.Tensor) -> None:
+        """Move a router gradient out of the model as backward makes it. The routers sit in the model in
+        sparse mode, so DeepSpeed would otherwise count them in its clipping norm and, under ZeRO-0, drop
+        them in its zero_grad before `post_step` steps the routers (which then never trained)."""
+        held = self._router_grads.get(param)
+        self._router_grads[param] = param.grad if held is None else held + param.grad
+        param.grad = None
+
+    def _drop_router_hooks(self) -> None:
+        for hook in self._router_hooks:
+            hook.remove()
+        self._router_hooks, self._router_grads = [], {}
 
     def _router_step(self) -> None:
         if self.router_optimizer is None:
@@ -216,6 +246,7 @@ class SSDCallback(Callback):
         world = _dist_world()
         for group in self.router_optimizer.param_groups:
             for p in group["params"]:
+                p.grad = self._router_grads.pop(p, None)
                 if p.grad is not None and world > 1:  # routers are outside the engine: average them ourselves
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= world

@@ -8,14 +8,17 @@ not change the function (up to fp32 summation order in down_proj), so the switch
 Sparse → dense drops the router and puts the original FeedForward module back; the neuron order stays
 permuted unless the caller passes the cumulative layouts to restore it.
 
-Optimizer support: any torch optimizer whose state is keyed by the model's parameters (torch AdamW; a
-DeepSpeed ZeRO-0 fp32 engine's torch optimizer). Engines that keep separate fp32 masters or flat ZeRO
-partitions would overwrite the permuted weights on the next step; `check_optimizer` rejects them.
+Optimizer support: whatever holds the weights' training state is a `ParamState`: a torch optimizer whose
+state is keyed by the model's parameters (torch AdamW, wrapped as `TorchOptimizerState`), or densa's
+training engine (`densa.train.engine.Engine`), which also permutes the flat fp32 partitions of ZeRO-1/2 and
+bf16's fp32 masters through DeepSpeed (those would otherwise overwrite the permuted weights on the next
+step). `check_optimizer` refuses a holder that cannot move some FFN weight's state, saying why.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -59,20 +62,61 @@ def is_sparse(model: nn.Module) -> bool:
     return any(isinstance(layer.ffn, MoEFeedForward) for layer in model.layers)
 
 
+@runtime_checkable
+class ParamState(Protocol):
+    """Holds parameters' training state (optimizer moments, any fp32 master copy) and moves it with them."""
+
+    def param_state_problem(self, param: torch.Tensor) -> str | None:
+        """Why the state of `param` cannot be permuted (None when it can)."""
+
+    def permute_param_(self, param: torch.Tensor, index: torch.Tensor, dim: int) -> None:
+        """param ← param.index_select(dim, index) in place, with every state tensor of its shape."""
+
+
 def _param_ids(optimizer: torch.optim.Optimizer) -> set[int]:
     return {id(p) for group in optimizer.param_groups for p in group["params"]}
 
 
-def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Raise unless `optimizer` directly holds every FFN weight (so permuting its state is meaningful)."""
-    held = _param_ids(optimizer)
+class TorchOptimizerState:
+    """A torch optimizer whose state is keyed by the model's own parameters (torch AdamW, Adam, SGD)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def param_state_problem(self, param: torch.Tensor) -> str | None:
+        return None if id(param) in _param_ids(self.optimizer) else "the optimizer does not hold it"
+
+    @torch.no_grad()
+    def permute_param_(self, param: torch.Tensor, index: torch.Tensor, dim: int) -> None:
+        param.copy_(param.index_select(dim, index.to(param.device)))
+        permute_optimizer_state_(self.optimizer, param, index, dim)
+
+
+Holder = torch.optim.Optimizer | ParamState
+
+
+def param_state(optimizer: Holder | None) -> ParamState | None:
+    """`optimizer` as a ParamState (a torch optimizer is wrapped; an engine is one already)."""
+    if optimizer is None or isinstance(optimizer, ParamState):
+        return optimizer
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return TorchOptimizerState(optimizer)
+    raise MoEError(
+        f"{type(optimizer).__name__} is neither a torch optimizer nor a ParamState (param_state_problem,"
+        " permute_param_); SSD cannot move its state with the weights"
+    )
+
+
+def check_optimizer(model: nn.Module, optimizer: Holder) -> None:
+    """Raise unless `optimizer` can permute the training state of every FFN weight with the weight."""
+    holder = param_state(optimizer)
     for i, ffn in enumerate(ffn_modules(model)):
         for name, param in ffn.named_parameters():
-            if id(param) not in held and not name.startswith("router."):
+            problem = None if name.startswith("router.") else holder.param_state_problem(param)
+            if problem is not None:
                 raise MoEError(
-                    f"layer {i}: the optimizer does not hold ffn.{name}; SSD permutes optimizer state keyed"
-                    " by model parameters (torch AdamW, DeepSpeed ZeRO-0 fp32); ZeRO >= 1 or bf16 masters"
-                    " keep flat fp32 copies that would undo the permutation"
+                    f"layer {i}: cannot permute ffn.{name} with its training state: {problem} (SSD reorders"
+                    " each FFN weight together with its optimizer moments and fp32 master copy)"
                 )
 
 
@@ -95,15 +139,17 @@ def permute_optimizer_state_(
 
 @torch.no_grad()
 def permute_param_(
-    param: torch.Tensor, index: torch.Tensor, dim: int, optimizer: torch.optim.Optimizer | None = None
+    param: torch.Tensor, index: torch.Tensor, dim: int, optimizer: Holder | None = None
 ) -> None:
-    """param ← param.index_select(dim, index) in place (same Parameter object), and its optimizer state."""
-    param.copy_(param.index_select(dim, index.to(param.device)))
-    if optimizer is not None:
-        permute_optimizer_state_(optimizer, param, index, dim)
+    """param ← param.index_select(dim, index) in place (same Parameter object), and its training state."""
+    holder = param_state(optimizer)
+    if holder is None:
+        param.copy_(param.index_select(dim, index.to(param.device)))
+    else:
+        holder.permute_param_(param, index, dim)
 
 
-def permute_ffn_(ffn: nn.Module, perm: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
+def permute_ffn_(ffn: nn.Module, perm: torch.Tensor, optimizer: Holder | None = None) -> None:
     """Reorder an FFN's neurons: new neuron i is old neuron perm[i] (gate and up rows share the index)."""
     n = ffn.n_local_neurons
     if perm.shape != (n,):
@@ -126,7 +172,7 @@ def to_sparse(
     clusterings: Sequence[Clustering],
     top_k: int,
     *,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: Holder | None = None,
     router: str = "centroid",
     routers: Sequence[nn.Module] | None = None,
     persist_router: bool = True,
@@ -165,7 +211,7 @@ def to_sparse(
 def to_dense(
     model: nn.Module,
     *,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: Holder | None = None,
     restore: Sequence[torch.Tensor] | None = None,
 ) -> list[nn.Module]:
     """Put the dense FeedForward back in every MoE layer; returns the routers that were dropped.

@@ -340,6 +340,56 @@ class Engine:
             state = gather_state_dict(state, module.config)
         return state
 
+    # ------------------------------------------------------------------------------------ permuting
+
+    def param_state_problem(self, param: nn.Parameter) -> str | None:
+        """Why `permute_param_` cannot move `param`'s training state (None when it can)."""
+        precision = self.cfg.parallel.precision
+        stage = self.zero_stage
+        if self.tp != 1 or stage == 3 or precision == "fp16" or (stage == 0 and precision == "bf16"):
+            return (
+                f"tp {self.tp}, ZeRO-{stage}, {precision}: only ZeRO-0 fp32 and ZeRO-1/2 (fp32 or bf16) at"
+                " tp 1 hold every parameter whole with its fp32 master linked to it"
+            )
+        if self.zero_stage == 0 and all(param is not q for q in self._optimizer_tensors()):
+            return "the optimizer does not hold it"
+        return None
+
+    def _optimizer_tensors(self) -> list[torch.Tensor]:
+        """What the torch optimizer steps: the parameters (ZeRO-0) or this rank's flat fp32 partitions."""
+        return [q for group in self.torch_optimizer.param_groups for q in group["params"]]
+
+    @torch.no_grad()
+    def permute_param_(self, param: nn.Parameter, index: torch.Tensor, dim: int) -> None:
+        """param ← param.index_select(dim, index) in place, and the same for its fp32 master copy and every
+        optimizer state tensor of its shape (Adam's exp_avg, exp_avg_sq), wherever they live: the torch
+        optimizer's own state (ZeRO-0), or flat ZeRO-1/2 partitions and bf16 masters, read and written
+        through DeepSpeed's safe_get/set_full_* (a collective: every rank calls this in the same order)."""
+        index = index.to(param.device)
+        param.copy_(param.index_select(dim, index))
+        state = self.torch_optimizer.state
+        if self.zero_stage == 0:  # fp32: the torch optimizer holds the parameter itself
+            for value in state.get(param, {}).values():
+                if _shaped_like(value, param):
+                    value.copy_(value.index_select(dim, index))
+            return
+        from deepspeed.utils import safe_get_full_fp32_param as get_master
+        from deepspeed.utils import safe_get_full_optimizer_state as get_state
+        from deepspeed.utils import safe_set_full_fp32_param as set_master
+        from deepspeed.utils import safe_set_full_optimizer_state as set_state
+
+        set_master(param, get_master(param).index_select(dim, index))
+        flat = self._optimizer_tensors()
+        keys = {k for q in flat for k, v in state.get(q, {}).items() if _shaped_like(v, q)}
+        if keys:  # DeepSpeed links the per-parameter views of the moments after its first step; link now
+            self.ds.optimizer._lazy_init_hp_params_optimizer_state()
+        for key in sorted(keys):
+            set_state(param, get_state(param, key).index_select(dim, index), key)
+
+
+def _shaped_like(value: Any, tensor: torch.Tensor) -> bool:
+    return torch.is_tensor(value) and value.shape == tensor.shape
+
 
 @contextlib.contextmanager
 def _optimizer_step_skipped(optimizer: torch.optim.Optimizer, module: nn.Module) -> Iterator[None]:

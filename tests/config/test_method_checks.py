@@ -101,9 +101,27 @@ def test_unknown_and_mistyped_method_keys() -> None:
         (["ssd.num_experts=7"], "ssd.num_experts: 7 does not divide model.ffn_dim (96)"),
         (["ssd.num_experts=8", "ssd.top_k=9"], "ssd.top_k: must be in 1..ssd.num_experts (8), got 9"),
         (["ssd.num_experts=8", "ssd.top_k=0"], "ssd.top_k: must be in 1..ssd.num_experts (8), got 0"),
-        (["parallel.tp=2"], "parallel.tp: ssd.enabled needs tp = 1, got 2"),
-        (["parallel.zero_stage=1"], "parallel.zero_stage: ssd.enabled needs ZeRO stage 0, got 1"),
-        (["parallel.precision=bf16"], "parallel.precision: ssd.enabled needs fp32, got bf16"),
+        (
+            ["parallel.tp=2"],
+            "parallel.tp: ssd.enabled needs tp = 1, got 2: a TP rank holds 1/tp of every FFN's neurons, and"
+            " SSD clusters and routes over all of a layer's neurons (experts split across TP ranks are not"
+            " implemented)",
+        ),
+        (
+            ["parallel.zero_stage=3"],
+            "parallel.zero_stage: ssd.enabled needs ZeRO stage 0, 1 or 2, got 3: ZeRO-3 partitions the"
+            " weights themselves, which SSD clusters and permutes whole",
+        ),
+        (
+            ["parallel.precision=bf16"],
+            "parallel.precision: ssd.enabled with bf16 needs parallel.zero_stage 1 or 2, got 0: DeepSpeed's"
+            " ZeRO-0 bf16 optimizer keeps its fp32 masters in flat buffers with no per-parameter link that"
+            " SSD could permute",
+        ),
+        (
+            ["parallel.precision=fp16"],
+            "parallel.precision: ssd.enabled needs fp32 or bf16, got fp16 (untested)",
+        ),
         (["ssd.final_dense_fraction=1.5"], "ssd.final_dense_fraction: must be in [0, 1], got 1.5"),
         (["ssd.switch_steps=[0, 101]"], "ssd.switch_steps.0: 0 is outside 1..train.steps (100)"),
         (
@@ -117,8 +135,17 @@ def test_ssd_rules(overrides: list[str], expected: str) -> None:
     assert f"--set: {expected}" in problems("ssd.enabled=true", "ssd.num_experts=8", *overrides)
 
 
+@pytest.mark.parametrize(
+    "settings", [["parallel.zero_stage=1"], ["parallel.zero_stage=2", "parallel.precision=bf16"]]
+)
+def test_ssd_accepts_zero_1_and_2_in_fp32_and_bf16(settings: list[str]) -> None:
+    cfg = load("ssd.enabled=true", "ssd.num_experts=8", *settings)  # raises ConfigError on any problem
+    assert cfg.ssd.enabled and (cfg.parallel.zero_stage, cfg.parallel.precision) != (0, "fp32")
+
+
 def test_ssd_rules_only_when_enabled() -> None:
-    # SSD's own rules (experts dividing the FFN, fp32 only) stay quiet; the switched-off section is named.
+    # SSD's own rules (experts dividing the FFN, bf16 needing ZeRO >= 1) stay quiet; the switched-off section
+    # is named.
     assert problems("ssd.num_experts=7", "parallel.precision=bf16") == [
         "r.yaml: ssd.enabled: is false, so ssd.num_experts has no effect"
         " (set ssd.enabled: true, or remove it)"

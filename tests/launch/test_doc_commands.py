@@ -65,6 +65,8 @@ EXPENSIVE: dict[str, str] = {
     "densa export runs/": "needs the run dir of a finished training run",
     "densa sparsity measure --model out/": "needs the exported model of the doc's own run",
     "densa sparsity predictors --model out/": "needs the exported model of the doc's own run",
+    "densa quickstart": "fetches the corpus and trains the quickstart model (minutes)",
+    "densa launch recipes/ssd_zero2_bf16.yaml --nproc 2": "trains on 2 processes for minutes",
     # benchmarks: each is a measured claim, minutes to tens of minutes
     "python benchmarks/": "a benchmark run (minutes to tens of minutes); its flags are checked instead",
 }
