@@ -283,9 +283,300 @@ def plot(res: dict, em: dict | None, payload: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(smollm2: Path, emergence: Path) -> None:
-    res = json.loads(smollm2.read_text())
-    em = json.loads(emergence.read_text()) if emergence.exists() else None
+T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571}
+"""Two-sided 95% Student t quantiles by sample size (df = n - 1): mean ± t·sd/√n over seeds."""
+
+
+def interval(values: list[float]) -> dict:
+    """Mean, sd and the 95% t-interval half-width over seeds (0 for one value), min and max."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"n": 0, "mean": None, "sd": None, "half_width": None, "min": None, "max": None}
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    half = T95.get(len(vals), 2.0) * sd / len(vals) ** 0.5 if len(vals) > 1 else 0.0
+    return {
+        "n": len(vals),
+        "mean": statistics.fmean(vals),
+        "sd": sd,
+        "half_width": half,
+        "min": min(vals),
+        "max": max(vals),
+    }
+
+
+def _iv(x: dict, fmt: str = "{:.0f}") -> str:
+    if x["mean"] is None:
+        return "–"
+    return f"{fmt.format(x['mean'])} ± {fmt.replace('+', '').format(x['half_width'])}"
+
+
+def knowledge_rows(kn: dict) -> list[dict]:
+    """Per relation: own functional experts off vs random experts, over the parameter-clustering seeds."""
+    pert = kn["families"]["knowledge"]["perturbation"]
+    runs = pert["by_partition_seed"]
+    rows = []
+    for j, label in enumerate(kn["families"]["knowledge"]["labels"]):
+        own = [r["delta"][j][j] for r in runs]
+        rand = [d[j] for r in runs for d in r["random_delta"]]
+        other = [r["delta"][g][j] for r in runs for g in range(len(r["delta"])) if g != j]
+        wins = sum(r["per_label"][j]["beats_every_random"] for r in runs)
+        rows.append(
+            {
+                "label": label,
+                "examples": runs[0]["per_label"][j]["examples"],
+                "base_loss": runs[0]["per_label"][j]["base_loss"],
+                "own": interval(own),
+                "random": interval(rand),
+                "other_mean": statistics.fmean(other),
+                "seeds_beating_every_random": wins,
+                "partition_seeds": len(runs),
+                "holds": min(own) > max(rand),
+            }
+        )
+    return rows
+
+
+def stabilisation_of(em: dict) -> dict[str, int | None]:
+    return stabilisation(em)
+
+
+def series_rows(series: dict[str, dict]) -> dict:
+    """Per kind: stabilisation step of each curve per seed and over seeds; the findings' per-seed checks."""
+    out: dict = {}
+    for kind in ("dense", "ssd"):
+        members = {k: v for k, v in sorted(series.items()) if v["kind"] == kind and v.get("emergence")}
+        if not members:
+            continue
+        per_seed = {}
+        for tag, m in members.items():
+            em = m["emergence"]
+            st = stabilisation(em)
+            gap = LEAD * (em["steps"][1] - em["steps"][0])
+            expert, neuron, rnd = st["expert_spearman"], st["neuron_spearman"], st["random_expert_spearman"]
+            part, best = st["param_ari"], st["best_function_ari"]
+            per_seed[tag] = {
+                "seed": m["seed"],
+                "stabilised": st,
+                "experts_before_neurons": None not in (expert, neuron, rnd)
+                and expert + gap <= neuron
+                and expert + gap <= rnd,
+                "partition_before_best_function": None not in (part, best) and part + gap <= best,
+                "final_val_loss": m.get("val_loss"),
+            }
+        out[kind] = {
+            "seeds": per_seed,
+            "stabilised": {k: interval([p["stabilised"][k] for p in per_seed.values()]) for k in KEYS},
+            "curves": {
+                k: [
+                    interval([m["emergence"]["to_final"][i][k] for m in members.values()])
+                    for i in range(len(next(iter(members.values()))["emergence"]["to_final"]))
+                ]
+                for k in KEYS
+            },
+            "steps": next(iter(members.values()))["emergence"]["steps"],
+            "modes": next(iter(members.values()))["emergence"].get("modes"),
+        }
+    return out
+
+
+def final_rows(series: dict[str, dict]) -> dict:
+    """Per kind and family, over seeds: specialised fraction vs shuffled, functional experts vs random
+    partitions, and the labels whose own functional experts off hurt more than every random expert."""
+    out: dict = {}
+    for kind in ("dense", "ssd"):
+        members = [v["final"] for k, v in sorted(series.items()) if v["kind"] == kind and v.get("final")]
+        if not members:
+            continue
+        fams = {}
+        for f in members[0]["families"]:
+            spec = [specialisation_rows(m) for m in members]
+            spec = [next(r for r in rows if r["family"] == f) for rows in spec]
+            ex = [next(r for r in expert_rows(m) if r["family"] == f) for m in members]
+            wins, labels, own, rand = [], 0, [], []
+            for m in members:
+                runs = m["families"][f]["perturbation"]["by_partition_seed"]
+                labels = len(m["families"][f]["labels"])
+                for r in runs:
+                    wins.append(sum(x["beats_every_random"] for x in r["per_label"]) / labels)
+                    own.append(
+                        statistics.fmean(
+                            r["delta"][j][j] for j in range(labels) if r["delta"][j][j] == r["delta"][j][j]
+                        )
+                    )
+                    rand.append(statistics.fmean(x for d in r["random_delta"] for x in d if x == x))
+            fams[f] = {
+                "specialised": interval([r["specialised_fraction"] for r in spec]),
+                "baseline": interval([r["baseline_fraction"] for r in spec]),
+                "param": interval([r["param"] for r in ex]),
+                "coact": interval([r["coact"] for r in ex]),
+                "random": interval([r["random_mean"] for r in ex]),
+                "labels": labels,
+                "share_beating_every_random": interval(wins),
+                "own_delta": interval(own),
+                "random_delta": interval(rand),
+            }
+        out[kind] = {"seeds": len(members), "families": fams}
+    return out
+
+
+def load_series(base: Path, steps: int) -> dict[str, dict]:
+    """{tag: {kind, seed, emergence, final}} from the series stage's raw files (missing parts omitted)."""
+    out: dict[str, dict] = {}
+    folder = base / f"series-{steps}"
+    for path in sorted(folder.glob("*-s*.json")):
+        what, kind, seed = path.stem.split("-")
+        tag = f"{kind}-{seed}"
+        entry = out.setdefault(tag, {"kind": kind, "seed": int(seed[1:])})
+        entry[what] = json.loads(path.read_text())
+    for tag, entry in out.items():
+        metrics = base / f"series-{steps}" / tag / "metrics.jsonl"
+        if metrics.exists():
+            vals = [json.loads(line) for line in metrics.read_text().splitlines()]
+            vals = [v["val/loss"] for v in vals if "val/loss" in v]
+            entry["val_loss"] = vals[-1] if vals else None
+    return out
+
+
+def series_markdown(series: dict, srows: dict, frows: dict, steps: int) -> list[str]:
+    if not srows:
+        return []
+    any_em = next(v["emergence"] for v in series.values() if v.get("emergence"))
+    tr = any_em["train"]
+    ssd = next(
+        (v["emergence"]["train"] for v in series.values() if v["kind"] == "ssd" and v.get("emergence")), None
+    )
+    out = [
+        "",
+        "## 4. Emergence over pretraining: dense vs SSD, 3 seeds",
+        "",
+        f"{any_em['model']['activation']} decoder d={any_em['model']['dim']}, {any_em['model']['n_layers']} "
+        f"layers, d_ff={any_em['model']['ffn_dim']} (plain), {any_em['experts']} experts; {steps} steps of "
+        f"{tr['tokens_per_step']} tokens, 32 checkpoints (every {steps // 32} steps), of which the "
+        f"{len(any_em['steps'])} every {any_em['steps'][1] - any_em['steps'][0]} steps are analysed "
+        "(the shared 2-core CPU did not fit all 32, nor the first run's 1600 steps). "
+        "`benchmarks/modularity/pretrain.py --kind dense|ssd` (seeds 0, 1, 2: run.seed, and "
+        "ssd.seed), probes version 2.",
+    ]
+    if ssd:
+        modes = srows.get("ssd", {}).get("modes") or []
+        sparse_at = [s for s, m in zip(srows["ssd"]["steps"], modes, strict=False) if m == "sparse"]
+        out += [
+            "",
+            f"SSD: {SSD_NOTE} top-{ssd['ssd_top_k']} of {any_em['experts']} experts, mode toggled at steps "
+            f"{', '.join(map(str, ssd['ssd_switch_steps']))} (sparse in between; the last 20% dense). "
+            "Analysed checkpoints saved in a sparse phase: steps "
+            f"{', '.join(map(str, sparse_at)) or 'none'}; "
+            "every checkpoint is read as the dense weights (a sparse phase's model is the dense FFN with the "
+            "unselected experts' activations zeroed) with the neurons put back in their original order "
+            "(`densa.analysis.modularity.series`).",
+        ]
+    out += [
+        "",
+        "Stabilised at step (from there on the similarity to the final checkpoint stays ≥ "
+        f"{100 * STABLE_FRACTION:g}% of its rise); per seed, and mean ± 95% t-interval over seeds:",
+        "",
+        "| measure | "
+        + " | ".join(f"{k} s{v['seed']}" for k in srows for v in srows[k]["seeds"].values())
+        + " | "
+        + " | ".join(f"{k} mean ± 95%" for k in srows)
+        + " |",
+        "| --- |" + " --- |" * (sum(len(v["seeds"]) for v in srows.values()) + len(srows)),
+    ]
+    for key in KEYS:
+        cells = [str(v["stabilised"][key]) for k in srows for v in srows[k]["seeds"].values()]
+        cells += [_iv(srows[k]["stabilised"][key]) for k in srows]
+        out.append(f"| {key} | " + " | ".join(cells) + " |")
+    out.append(
+        "| final valid loss | "
+        + " | ".join(
+            f"{v['final_val_loss']:.3f}" if v["final_val_loss"] is not None else "–"
+            for k in srows
+            for v in srows[k]["seeds"].values()
+        )
+        + " | "
+        + " | ".join(
+            _iv(interval([v["final_val_loss"] for v in srows[k]["seeds"].values()]), "{:.3f}") for k in srows
+        )
+        + " |"
+    )
+    out += [
+        "",
+        "Similarity to the final checkpoint, mean over seeds (± 95% t-interval):",
+        "",
+        "| step | "
+        + " | ".join(
+            f"{k} {m}" for k in srows for m in ("param ARI", "neuron Sp.", "expert Sp.", "random-expert Sp.")
+        )
+        + " |",
+        "| --- |" + " --- |" * (4 * len(srows)),
+    ]
+    first = next(iter(srows.values()))
+    for i, step in enumerate(first["steps"][:-1]):
+        cells = []
+        for k in srows:
+            for m in ("param_ari", "neuron_spearman", "expert_spearman", "random_expert_spearman"):
+                cells.append(_iv(srows[k]["curves"][m][i], "{:.3f}"))
+        mode = (srows.get("ssd", {}).get("modes") or [None] * (i + 1))[i]
+        out.append(f"| {step}{' (SSD sparse)' if mode == 'sparse' else ''} | " + " | ".join(cells) + " |")
+    if frows:
+        out += [
+            "",
+            "### The series' final checkpoints (3 seeds each; 3 parameter-clustering seeds for the experts)",
+            "",
+            "| kind | family | specialised | shuffled | functional pairs param / coact / random | "
+            "labels: own experts off > every random (share) | own experts off (nats) | random experts off |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for kind, fr in frows.items():
+            for f, r in fr["families"].items():
+                out.append(
+                    f"| {kind} | {f} | {_iv(r['specialised'], '{:.3f}')} | {_iv(r['baseline'], '{:.3f}')} | "
+                    f"{_iv(r['param'], '{:.3f}')} / {_iv(r['coact'], '{:.3f}')} / "
+                    f"{_iv(r['random'], '{:.3f}')} | "
+                    f"{_iv(r['share_beating_every_random'], '{:.2f}')} of {r['labels']} | "
+                    f"{_iv(r['own_delta'], '{:+.3f}')} | {_iv(r['random_delta'], '{:+.3f}')} |"
+                )
+    return out
+
+
+SSD_NOTE = "densa's switchable sparse-dense training (`ssd:` recipe keys, docs/ssd.md),"
+
+
+def knowledge_markdown(kn: dict, rows: list[dict]) -> list[str]:
+    p = kn["probes"]
+    return [
+        "",
+        "## 3b. Knowledge probes version 2 on SmolLM2",
+        "",
+        f"Probes version {p['version']}: {p['sequences']['knowledge']} fact sentences "
+        f"({len(rows)} relations, three templates each, up to 200 facts per relation); "
+        f"{kn['settings']['perturb_per_label']} facts per relation in the perturbation set; functional "
+        f"experts found in {kn['settings']['partition_seeds']} parameter clusterings (k-means seeds); random "
+        f"controls: {kn['settings']['perturb_random']} per clustering. Knowledge family only "
+        "(`run.py --stage knowledge`, "
+        f"{kn['wall_seconds']:.0f} s); the rows above are probes version 1 (12 facts per relation).",
+        "",
+        "| relation | examples | base loss | own experts off (mean ± 95% over clusterings) | "
+        "random experts off (mean ± 95%, all clusterings) | other relations' experts off | "
+        "clusterings where own > every random "
+        "| own (min) > random (max) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *[
+            f"| {r['label']} | {r['examples']} | {r['base_loss']:.3f} | {_iv(r['own'], '{:+.3f}')} | "
+            f"{_iv(r['random'], '{:+.3f}')} | {r['other_mean']:+.3f} | {r['seeds_beating_every_random']}/"
+            f"{r['partition_seeds']} | {'yes' if r['holds'] else 'no'} |"
+            for r in rows
+        ],
+    ]
+
+
+def write_report(base: Path, steps: int) -> None:
+    res = json.loads((base / "smollm2.json").read_text())
+    em_path = base / "emergence.json"
+    em = json.loads(em_path.read_text()) if em_path.exists() else None
+    kn_path = base / "knowledge.json"
+    kn = json.loads(kn_path.read_text()) if kn_path.exists() else None
+    series = load_series(base, steps)
     payload: dict = {
         "name": NAME,
         "machine": machine_info(),
@@ -319,7 +610,7 @@ def write_report(smollm2: Path, emergence: Path) -> None:
         ),
         (
             "deactivating a functional expert hurts its function more than random experts",
-            f"own experts off > every random seed for {beat_rand}/{len(pert)} labels",
+            f"own experts off > every random seed for {beat_rand}/{len(pert)} labels (probes v1)",
             beat_rand > len(pert) / 2,
         ),
         (
@@ -328,6 +619,60 @@ def write_report(smollm2: Path, emergence: Path) -> None:
             beat_other > len(pert) / 2,
         ),
     ]
+    if kn is not None:
+        rows = knowledge_rows(kn)
+        payload["knowledge_v2"] = rows
+        held = sum(r["holds"] for r in rows)
+        findings.append(
+            (
+                "... knowledge relations, probes v2 (100 facts per relation, 3 clusterings)",
+                f"own experts off (every clustering) > every random expert (every clustering) for "
+                f"{held}/{len(rows)} relations",
+                held > len(rows) / 2,
+            )
+        )
+    srows = series_rows(series)
+    frows = final_rows(series)
+    payload["series"] = {"steps": steps, "emergence": srows, "final": frows}
+    for kind, sr in srows.items():
+        n = len(sr["seeds"])
+        ok = sum(v["experts_before_neurons"] for v in sr["seeds"].values())
+        st = sr["stabilised"]
+        findings.append(
+            (
+                f"expert-level function stabilises before single neurons' ({kind}, {n} seeds)",
+                f"expert Spearman stable from step {_iv(st['expert_spearman'])}, neurons "
+                f"{_iv(st['neuron_spearman'])}, "
+                f"random-partition experts {_iv(st['random_expert_spearman'])}; a lead of ≥ {LEAD} analysed "
+                f"checkpoints over both in {ok}/{n} seeds",
+                n > 1 and ok == n,
+            )
+        )
+        ok = sum(v["partition_before_best_function"] for v in sr["seeds"].values())
+        findings.append(
+            (
+                f"the expert partition settles before neurons' best-function grouping ({kind}, {n} seeds)",
+                f"param ARI stable from step {_iv(st['param_ari'])}, best-function ARI "
+                f"{_iv(st['best_function_ari'])}"
+                f"; lead ≥ {LEAD} checkpoints in {ok}/{n} seeds",
+                n > 1 and ok == n,
+            )
+        )
+    if {"dense", "ssd"} <= set(srows):
+        d = [v["stabilised"]["param_ari"] for v in srows["dense"]["seeds"].values()]
+        s_ = [v["stabilised"]["param_ari"] for v in srows["ssd"]["seeds"].values()]
+        em0 = srows["dense"]["steps"]
+        gap = LEAD * (em0[1] - em0[0])
+        ok = None not in d + s_ and max(s_) + gap <= min(d)
+        findings.append(
+            (
+                "SSD's expert partition stabilises earlier than dense training's (not a claim of the paper)",
+                f"param ARI stable from step {', '.join(map(str, s_))} (SSD seeds) vs "
+                f"{', '.join(map(str, d))} (dense seeds); holds if every SSD seed leads every dense seed by "
+                f"≥ {LEAD} analysed checkpoints",
+                ok,
+            )
+        )
     if em is not None:
         st = stabilisation(em)
         payload["stabilisation"] = st
@@ -336,23 +681,30 @@ def write_report(smollm2: Path, emergence: Path) -> None:
         gap = LEAD * (em["steps"][1] - em["steps"][0])
         findings.append(
             (
-                "expert-level function stabilises before single neurons' (the paper's Spearman curves)",
+                "expert-level function stabilises before single neurons' (first dense run, 1600 steps)",
                 f"MoEfication experts stable from step {expert}; neurons from step {neuron}; experts of a "
-                f"random partition from step {rnd} (a lead of ≥ {LEAD} checkpoints over both is required; "
-                "one run, no seeds)",
+                f"random partition from step {rnd} (a lead of ≥ {LEAD} checkpoints over both; one seed)",
                 None not in (expert, neuron, rnd) and expert + gap <= neuron and expert + gap <= rnd,
             )
         )
         findings.append(
             (
-                "the expert partition itself settles early, before neurons' best-function grouping",
+                "the expert partition settles before neurons' best-function grouping (first dense run)",
                 f"partition ARI to the final model stable from step {part} of {em['steps'][-1]}; "
                 f"best-function ARI from step {best}",
                 None not in (part, best) and part + gap <= best,
             )
         )
     payload["findings"] = findings
-    payload["raw"] = {"smollm2": res, "emergence": em}
-    write_results(NAME, payload, markdown(res, em, payload))
+    payload["raw"] = {"smollm2": res, "emergence": em, "knowledge": kn, "series": series}
+    md = markdown(res, em, payload)
+    extra = (knowledge_markdown(kn, payload["knowledge_v2"]) if kn else []) + series_markdown(
+        series, srows, frows, steps
+    )
+    head, _, tail = md.partition("\n## 4. Emergence over pretraining")
+    if tail:
+        tail = "\n## 4b. The first dense run: 1600 steps, one seed" + tail.split("\n", 1)[1]
+    md = head + "\n".join(extra) + "\n" + tail
+    write_results(NAME, payload, md)
     plot(res, em, payload, RESULTS_DIR / f"{NAME}.png")
     print(f"wrote {RESULTS_DIR / NAME}.{{json,md,png}}")

@@ -2,9 +2,10 @@
 
 - linguistic: each token's part of speech (universal tags from a spaCy English pipeline installed from
   PyPI, see `spacy_tag`), one-vs-rest per tag, on sentences from the three corpora below;
-- knowledge: facts from `densa.data.facts` written as one template sentence per relation, the object last
-  ("The capital of France is Paris."); the example is the position that predicts the object's first
-  token, labelled by relation;
+- knowledge: facts from `densa.data.facts` written as template sentences, three templates per relation
+  used in turn, the object last ("The capital of France is Paris."); the example is the position that
+  predicts the object's first token, labelled by relation; up to FACTS_PER_RELATION facts per relation
+  (version 1 had one template and 100 facts, of which the benchmark's perturbation used 12);
 - semantic: the genre of a short document (Shakespeare, Python documentation, WordNet glosses, from
   `densa.data.fetch`); the example is the whole sequence (activations averaged over its tokens).
 
@@ -20,6 +21,7 @@ import json
 import os
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,19 +30,40 @@ from densa.data.tokenizer import Tokenizer
 from densa.outputs import write_text_atomic
 
 FORMAT = "densa-probes"
-VERSION = 1
+VERSION = 2
 FAMILIES = ("linguistic", "knowledge", "semantic")
 GENRES = ("shakespeare", "python-docs", "wordnet")
 TEMPLATES = {
-    "capital": "The capital of {s} is",
-    "continent": "{s} is located in the continent of",
-    "currency": "The currency of {s} is the",
-    "demonym": "A person from {s} is called",
-    "country": "{s} is a city in the country of",
-    "calling_code": "The international calling code of {s} is",
-    "tld": "The internet domain of {s} is",
+    "capital": ("The capital of {s} is", "The capital city of {s} is", "{s} has its seat of government in"),
+    "continent": (
+        "{s} is located in the continent of",
+        "{s} lies in",
+        "The continent that {s} belongs to is",
+    ),
+    "currency": (
+        "The currency of {s} is the",
+        "In {s}, people pay with the",
+        "The official currency of {s} is",
+    ),
+    "demonym": ("A person from {s} is called", "Someone born in {s} is", "People from {s} are called"),
+    "country": (
+        "{s} is a city in the country of",
+        "The city of {s} is located in",
+        "{s} is a city in",
+    ),
+    "calling_code": (
+        "The international calling code of {s} is",
+        "To phone {s} from abroad, dial",
+        "The telephone country code of {s} is",
+    ),
+    "tld": (
+        "The internet domain of {s} is",
+        "Websites in {s} end in",
+        "The country code top-level domain of {s} is",
+    ),
 }
-FACTS_PER_RELATION = 100
+"""Prompts per relation (the object follows after a space); facts use them in turn."""
+FACTS_PER_RELATION = 200
 DOCS_PER_GENRE = 60
 DOC_CHARS = 400
 WORDS_PER_GENRE = 1500
@@ -119,21 +142,36 @@ def text_material(cache: Path, seed: int = 0) -> dict:
                 tags = [(s - lo, e - lo, pos) for s, e, pos in sent]
                 linguistic.append({"text": window[lo:hi], "words": tags, "genre": genre})
                 words += len(sent)
-    facts: dict[str, list] = {}
-    for fact in read_facts(fetch_facts(cache)):
-        if fact.relation in TEMPLATES and fact.subject.isascii() and fact.object.isascii():
-            facts.setdefault(fact.relation, []).append(fact)
-    knowledge = []
-    for relation in TEMPLATES:
-        chosen = rng.sample(facts[relation], min(FACTS_PER_RELATION, len(facts[relation])))
-        for fact in chosen:
-            prompt = _clean(TEMPLATES[relation].format(s=fact.subject))
-            text = f"{prompt} {_clean(fact.object)}."
-            knowledge.append({"text": text, "relation": relation, "object_start": len(prompt) + 1})
+    knowledge = knowledge_material(read_facts(fetch_facts(cache)), rng)
     material = {"version": VERSION, "seed": seed, "linguistic": linguistic, "knowledge": knowledge}
     material["semantic"] = semantic
     write_text_atomic(path, json.dumps(material) + "\n")
     return material
+
+
+def knowledge_material(
+    facts: Iterable, rng: random.Random, per_relation: int = FACTS_PER_RELATION
+) -> list[dict]:
+    """Fact sentences: up to `per_relation` sampled facts per relation (ASCII only), the i-th written
+    with the relation's template i mod T; `object_start` is the object's character offset."""
+    by_relation: dict[str, list] = {}
+    for fact in facts:
+        if fact.relation in TEMPLATES and fact.subject.isascii() and fact.object.isascii():
+            by_relation.setdefault(fact.relation, []).append(fact)
+    out = []
+    for relation, templates in TEMPLATES.items():
+        pool = by_relation.get(relation, [])
+        for i, fact in enumerate(rng.sample(pool, min(per_relation, len(pool)))):
+            prompt = _clean(templates[i % len(templates)].format(s=fact.subject))
+            out.append(
+                {
+                    "text": f"{prompt} {_clean(fact.object)}.",
+                    "relation": relation,
+                    "template": i % len(templates),
+                    "object_start": len(prompt) + 1,
+                }
+            )
+    return out
 
 
 def token_starts(tokenizer: Tokenizer, text: str) -> tuple[list[int], list[int]] | None:

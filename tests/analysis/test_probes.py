@@ -92,7 +92,7 @@ def test_bad_probes_fail_clearly(probes_dir: Path, tmp_path: Path) -> None:
         check_tokenizer(p, None, 4, "MODEL")
     meta = json.loads((probes_dir / "probes.json").read_text())
     (probes_dir / "probes.json").write_text(json.dumps({**meta, "version": 0}))
-    with pytest.raises(AnalysisError, match="version 0, expected 'densa-probes' version 1"):
+    with pytest.raises(AnalysisError, match="version 0, expected 'densa-probes' version 2"):
         load_probes(probes_dir)
     with pytest.raises(AnalysisError, match="no probes.json"):
         load_probes(tmp_path)

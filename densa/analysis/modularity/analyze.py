@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
+from densa.analysis.errors import AnalysisError
 from densa.analysis.modularity.activations import collect_activations, ffn_modules
 from densa.analysis.modularity.experts import (
     PARTITIONS,
@@ -43,8 +44,14 @@ class Settings:
     """Sequences with a positive example per label in the perturbation set."""
     perturb_random: int = 3
     """Random-expert ablations (seeds) per family."""
+    partition_seeds: int = 1
+    """Parameter clusterings (k-means seeds) per layer: functional experts and the perturbation are found
+    and measured in each (`perturbation.by_partition_seed`; the top-level fields are seed 0's)."""
     batch_size: int = 16
     seed: int = 0
+    families: tuple[str, ...] | None = None
+    """Analyse only these probe families (None: all). The co-activation partition still clusters the
+    linguistic family's activations, so a subset run finds the same partitions as a full one."""
 
 
 def _mean_sd(values: list[float]) -> dict[str, float]:
@@ -58,11 +65,18 @@ def analyze_modularity(
     ffn_dim = ffns[0].down_proj.weight.shape[1]
     check_experts(ffn_dim, settings.experts)
     t0 = time.perf_counter()
+    chosen_families = probes.families if settings.families is None else list(settings.families)
+    unknown = sorted(set(chosen_families) - set(probes.families))
+    if unknown:
+        raise AnalysisError(f"families {unknown} are not in the probes (they have {probes.families})")
+    pattern_family = "linguistic" if "linguistic" in probes.families else chosen_families[0]
     acts = {}
-    for family in probes.families:
+    for family in dict.fromkeys([*chosen_families, pattern_family]):
         acts[family] = collect_activations(model, probes.family(family), batch_size=settings.batch_size)
         n = acts[family].labels.numel()
         log(f"activations: {family}, {n} examples ({time.perf_counter() - t0:.0f} s)")
+    patterns = acts[pattern_family]
+    acts = {f: acts[f] for f in chosen_families}
     spec: dict[str, list] = {f: [] for f in acts}
     for layer in range(len(ffns)):
         for f, fa in acts.items():
@@ -77,7 +91,6 @@ def analyze_modularity(
                 )
             )
     log(f"specialisation done ({time.perf_counter() - t0:.0f} s)")
-    patterns = acts["linguistic" if "linguistic" in acts else next(iter(acts))]
     parts = [
         layer_partitions(
             ffns[layer],
@@ -85,6 +98,7 @@ def analyze_modularity(
             settings.experts,
             random_seeds=settings.random_partitions,
             seed=settings.seed,
+            param_seeds=settings.partition_seeds,
         )
         for layer in range(len(ffns))
     ]
@@ -127,27 +141,36 @@ def analyze_modularity(
                 "extent": [c.extent for c in per_seed[0]],
             }
         if settings.perturb:
-            chosen = [
-                [expert_ranking(concs["param"][layer][0], j)[0] for layer in range(len(ffns))]
-                for j in range(len(names))
-            ]
             subset = eval_subset(probes.family(f), len(names), settings.perturb_per_label, settings.seed)
-            res = perturbation(
-                model,
-                subset,
-                names,
-                [parts[layer]["param"][0] for layer in range(len(ffns))],
-                chosen,
-                random_seeds=settings.perturb_random,
-                seed=settings.seed,
-                batch_size=settings.batch_size,
-            )
+            runs = []
+            for s in range(settings.partition_seeds):
+                chosen = [
+                    [expert_ranking(concs["param"][layer][s], j)[0] for layer in range(len(ffns))]
+                    for j in range(len(names))
+                ]
+                res = perturbation(
+                    model,
+                    subset,
+                    names,
+                    [parts[layer]["param"][s] for layer in range(len(ffns))],
+                    chosen,
+                    random_seeds=settings.perturb_random,
+                    seed=settings.seed,
+                    batch_size=settings.batch_size,
+                )
+                runs.append(
+                    {
+                        "functional_experts": chosen,
+                        "delta": res.delta,
+                        "random_delta": res.random_delta,
+                        "per_label": res.summary(),
+                    }
+                )
             fam["perturbation"] = {
                 "partition": "param",
                 "sequences": len(subset),
-                "delta": res.delta,
-                "random_delta": res.random_delta,
-                "per_label": res.summary(),
+                **{k: runs[0][k] for k in ("delta", "random_delta", "per_label")},
+                "by_partition_seed": runs,
             }
             log(f"perturbation: {f} done ({time.perf_counter() - t0:.0f} s)")
         result["families"][f] = fam

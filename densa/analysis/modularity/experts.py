@@ -57,16 +57,24 @@ def check_experts(ffn_dim: int, num_experts: int) -> int:
 
 
 def layer_partitions(
-    ffn: nn.Module, patterns: torch.Tensor, num_experts: int, *, random_seeds: int = 5, seed: int = 0
+    ffn: nn.Module,
+    patterns: torch.Tensor,
+    num_experts: int,
+    *,
+    random_seeds: int = 5,
+    seed: int = 0,
+    param_seeds: int = 1,
 ) -> dict[str, list[torch.Tensor]]:
-    """{"param": [labels], "coact": [labels], "random": [labels per seed]} for one FFN layer.
+    """{"param": [labels per seed], "coact": [labels], "random": [labels per seed]} for one FFN layer.
 
     patterns: [n_tokens, ffn_dim] activations on calibration tokens (co-activation clustering input).
+    param_seeds: parameter clusterings with k-means seeds seed, seed + 1, ... (their spread is the
+    clustering's own noise).
     """
     rows = neuron_rows(ffn).detach().float()
     check_experts(rows.shape[0], num_experts)
     return {
-        "param": [split_neurons(rows, num_experts, seed=seed).labels],
+        "param": [split_neurons(rows, num_experts, seed=seed + s).labels for s in range(param_seeds)],
         "coact": [split_neurons(coactivation_points(patterns, seed), num_experts, seed=seed).labels],
         "random": [
             split_neurons(rows, num_experts, method="random", seed=seed + s).labels

@@ -114,10 +114,21 @@ def emergence_markdown(result: dict) -> str:
         "| step | " + " | ".join(EMERGENCE_KEYS) + " | param ARI across seeds |",
         "| --- |" + " --- |" * (len(EMERGENCE_KEYS) + 1),
     ]
-    for step, row, seed_ari in zip(result["steps"], result["to_final"], result["param_seed_ari"]):
+    modes = result.get("modes") or ["dense"] * len(result["steps"])
+    for step, row, seed_ari, mode in zip(
+        result["steps"], result["to_final"], result["param_seed_ari"], modes
+    ):
         lines.append(
-            f"| {step} | " + " | ".join(f"{row[k]:.3f}" for k in EMERGENCE_KEYS) + f" | {seed_ari:.3f} |"
+            f"| {step}{' (SSD sparse)' if mode == 'sparse' else ''} | "
+            + " | ".join(f"{row[k]:.3f}" for k in EMERGENCE_KEYS)
+            + f" | {seed_ari:.3f} |"
         )
+    if "sparse" in modes:
+        lines += [
+            "",
+            "SSD run: checkpoints marked (SSD sparse) were saved in a sparse phase; every checkpoint is read "
+            "as its dense weights, neurons in their original order.",
+        ]
     return "\n".join(lines) + "\n"
 
 

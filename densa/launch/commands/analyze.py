@@ -107,11 +107,11 @@ def _emergence(args: argparse.Namespace) -> int:
     from densa.analysis.modularity import emergence
     from densa.analysis.modularity.experts import check_experts
     from densa.analysis.modularity.report import write_emergence
+    from densa.analysis.modularity.series import series_checkpoints, series_models
     from densa.analysis.probes import check_tokenizer, load_probes
     from densa.config.load import load_recipe
     from densa.data.tokenizer import load_tokenizer
-    from densa.models.checkpoint_io import build_transformer
-    from densa.train.checkpoint import checkpoint_weights, complete_checkpoints
+    from densa.train.checkpoint import complete_checkpoints
 
     recipe = Path(args.run_dir) / "recipe.yaml"
     if not recipe.is_file():
@@ -128,9 +128,11 @@ def _emergence(args: argparse.Namespace) -> int:
         probes, load_tokenizer(cfg.data.tokenizer).fingerprint, cfg.model.vocab_size, args.run_dir
     )
     check_experts(cfg.model.ffn_dim, args.experts)
-    models = ((step, build_transformer(cfg.model, checkpoint_weights(p))) for step, p in ckpts)
-    result = emergence(models, probes, args.experts, seed=args.seed)
+    # SSD runs permute neurons expert by expert: read every checkpoint in the original neuron order
+    series = series_checkpoints(args.run_dir)
+    result = emergence(series_models(series, cfg.model), probes, args.experts, seed=args.seed)
     result["run"] = args.run_dir
+    result["modes"] = [c.mode for c in series]
     for written in write_emergence(result, Path(args.out)):
         print(f"wrote {written}")
     print(json.dumps({"steps": result["steps"][-1], "checkpoints": len(result["steps"])}))
