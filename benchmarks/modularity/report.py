@@ -224,7 +224,8 @@ def plot(res: dict, em: dict | None, payload: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    series = payload.get("series", {}).get("emergence", {})
+    fig, axes = plt.subplots(3 if series else 2, 2, figsize=(11, 12 if series else 8))
     ax = axes[0, 0]
     for f, fam in res["families"].items():
         spec = fam["specialisation"]
@@ -276,8 +277,14 @@ def plot(res: dict, em: dict | None, payload: dict, path: Path) -> None:
         ):
             ax.plot(em["steps"][:-1], [r[k] for r in em["to_final"]], marker=".", label=k)
         ax.plot(em["steps"], em["param_seed_ari"], ls=":", color="gray", label="param ARI seed 0 vs 1")
-        ax.set(title="emergence: similarity to the final checkpoint", xlabel="step", ylim=(-0.05, 1.05))
+        ax.set(
+            title="first dense run (1600 steps): similarity to the final checkpoint",
+            xlabel="step",
+            ylim=(-0.05, 1.05),
+        )
         ax.legend(fontsize=7)
+    if series:
+        plot_series(axes[2], series)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -708,3 +715,54 @@ def write_report(base: Path, steps: int) -> None:
     write_results(NAME, payload, md)
     plot(res, em, payload, RESULTS_DIR / f"{NAME}.png")
     print(f"wrote {RESULTS_DIR / NAME}.{{json,md,png}}")
+
+
+def plot_series(axes: object, series: dict) -> None:
+    """Dense vs SSD over seeds: mean curves with 95% bands, and each seed's stabilisation steps."""
+    ax = axes[0]
+    styles = {"dense": "-", "ssd": "--"}
+    colors = {
+        "param_ari": "C0",
+        "neuron_spearman": "C2",
+        "expert_spearman": "C3",
+        "random_expert_spearman": "C4",
+    }
+    for kind, sr in series.items():
+        steps = sr["steps"][:-1]
+        for key, color in colors.items():
+            mean = [c["mean"] for c in sr["curves"][key]]
+            half = [c["half_width"] for c in sr["curves"][key]]
+            ax.plot(steps, mean, styles[kind], color=color, label=f"{kind} {key}")
+            ax.fill_between(
+                steps,
+                [m - h for m, h in zip(mean, half)],
+                [m + h for m, h in zip(mean, half)],
+                color=color,
+                alpha=0.08,
+            )
+        if kind == "ssd" and sr.get("modes"):
+            for step, mode in zip(sr["steps"], sr["modes"]):
+                if mode == "sparse":
+                    ax.axvline(step, color="gray", alpha=0.2, lw=4)
+    ax.set(
+        title="series, mean over seeds ± 95% (solid dense, dashed SSD; gray: SSD sparse checkpoints)",
+        xlabel="step",
+        ylim=(-0.05, 1.05),
+    )
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=6, ncol=2)
+    ax = axes[1]
+    for i, (kind, sr) in enumerate(series.items()):
+        for j, key in enumerate(KEYS):
+            vals = [v["stabilised"][key] for v in sr["seeds"].values() if v["stabilised"][key] is not None]
+            ax.plot(
+                [j + 0.2 * (i - 0.5)] * len(vals),
+                vals,
+                "o" if kind == "dense" else "s",
+                alpha=0.7,
+                color="C0" if kind == "dense" else "C1",
+                label=kind if j == 0 else None,
+            )
+    ax.set_xticks(range(len(KEYS)), KEYS, rotation=30, fontsize=7)
+    ax.set(title="stabilised at step, each seed (circles dense, squares SSD)", ylabel="step")
+    ax.legend(fontsize=7)
