@@ -150,13 +150,13 @@ def _write(raw: Path, fn) -> None:
     print(f"wrote {raw} ({result['wall_seconds']:.0f} s)", flush=True)
 
 
-def stage_series(steps: int, redo: bool, kinds: list[str], what: list[str]) -> None:
+def stage_series(steps: int, redo: bool, kinds: list[str], what: list[str], seeds: list[int]) -> None:
     from benchmarks.modularity.pretrain import series_dir
     from densa.train.checkpoint import is_complete
 
     out = BASE / f"series-{steps}"
     for kind in kinds:
-        for seed in SEEDS:
+        for seed in seeds:
             run = series_dir(kind, seed, steps)
             if not is_complete(run / "checkpoints" / f"step_{steps}"):
                 print(f"[series] {run}: not finished, skipped", flush=True)
@@ -200,6 +200,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=256, help="training steps of the pretrain.py series")
     ap.add_argument("--redo", action="store_true", help="recompute stages whose raw JSON exists")
     ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="series stage: kinds")
+    ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="series stage: seeds")
     ap.add_argument(
         "--what",
         nargs="+",
@@ -221,7 +222,7 @@ def main() -> None:
         if args.stage not in ("all", name):
             continue
         if name == "series":
-            stage_series(args.steps, args.redo, args.kinds, args.what)
+            stage_series(args.steps, args.redo, args.kinds, args.what, args.seeds)
             continue
         raw = BASE / f"{name}.json"
         if args.redo or not raw.exists():

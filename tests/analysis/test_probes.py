@@ -117,13 +117,15 @@ def test_cli_modularity_on_a_model_folder(probes_dir: Path, tmp_path: Path) -> N
     model_dir = save_transformer(tmp_path / "model", Transformer(tiny_model_config()))
     out = tmp_path / "out"
     args = ["analyze", "modularity", str(model_dir), "--probes", str(probes_dir), "--out", str(out)]
-    assert main([*args, "--experts", "4", "--perturb-per-label", "1"]) == 0
+    assert main([*args, "--experts", "4", "--perturb-per-label", "1", "--partition-seeds", "2"]) == 0
     result = json.loads((out / "modularity.json").read_text())
+    assert len(result["families"]["semantic"]["perturbation"]["by_partition_seed"]) == 2
     assert set(result["families"]) == {"linguistic", "knowledge", "semantic"}
     assert len(result["families"]["linguistic"]["specialisation"]["fraction"]) == 2
     assert (out / "modularity.md").read_text().startswith("# Modularity of")
     assert (out / "modularity.png").stat().st_size > 0
     assert main([*args, "--experts", "5"]) == 1  # 64 neurons do not split into 5 experts
+    assert main([*args, "--experts", "4", "--partition-seeds", "0"]) == 1
 
 
 def test_unreachable_registry_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

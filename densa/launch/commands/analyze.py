@@ -31,6 +31,12 @@ def register(subparsers) -> None:
     m.add_argument("--alpha", type=float, default=0.001, help="hypergeometric test level")
     m.add_argument("--perturb-per-label", type=int, default=25, help="sequences per label when perturbing")
     m.add_argument("--no-perturb", action="store_true", help="skip the deactivation experiments")
+    m.add_argument(
+        "--partition-seeds",
+        type=int,
+        default=1,
+        help="parameter clusterings (k-means seeds) in which functional experts are found and switched off",
+    )
     m.set_defaults(handler=_modularity)
     e = sub.add_parser("emergence", help="partition vs neuron-function stability over a run's checkpoints")
     e.add_argument("run_dir", help="training run directory (its checkpoints/step_* are read)")
@@ -93,8 +99,11 @@ def _modularity(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         perturb=not args.no_perturb,
         perturb_per_label=args.perturb_per_label,
+        partition_seeds=args.partition_seeds,
         seed=args.seed,
     )
+    if settings.partition_seeds < 1:
+        raise AnalysisError(f"--partition-seeds {settings.partition_seeds}: give at least 1")
     result = analyze_modularity(model, probes, settings)
     result["model"] = path
     for written in write_modularity(result, Path(args.out)):
