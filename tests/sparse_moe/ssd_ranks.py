@@ -8,6 +8,7 @@ OUT_DIR/ZERO_PRECISION/result_RANK.json (resume: rank 0 only).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -38,7 +39,12 @@ KEYS = ("exp_avg", "exp_avg_sq")
 
 
 def config(out: Path, zero: str, precision: str, ssd: bool = True):
+    """precision: fp32, bf16, or bf16acc32 (bf16 with fp32 gradient accumulation: at ZeRO-1 DeepSpeed then
+    uses its BF16_Optimizer instead of the ZeRO optimizer)."""
+    extra = {"data_types": {"grad_accum_dtype": "fp32"}} if precision == "bf16acc32" else {}
+    precision = precision.removesuffix("acc32")
     cfg = replace(tiny_cfg(out, steps=STEPS), "parallel", zero_stage=int(zero), precision=precision)
+    cfg = dataclasses.replace(cfg, deepspeed=extra)
     cfg = replace(cfg, "model", n_layers=3)  # the ZeRO partition boundary then falls inside layer 1's gate_up
     return replace(cfg, "ssd", **vars(SSD)) if ssd else cfg
 

@@ -38,13 +38,19 @@ def _read(path: Path) -> dict:
 
 
 def test_round_trip_moves_weights_masters_and_moments_together_on_every_rank(tmp_path):
-    settings = {"1:fp32": "float32", "2:fp32": "float32", "2:bf16": "bfloat16"}
+    zero = "DeepSpeedZeroOptimizer"
+    settings = {  # ZeRO stage:precision -> (model dtype, DeepSpeed's optimizer wrapper)
+        "1:fp32": ("float32", zero),
+        "2:fp32": ("float32", zero),
+        "2:bf16": ("bfloat16", zero),
+        "1:bf16acc32": ("bfloat16", "BF16_Optimizer"),  # bf16 with fp32 gradient accumulation
+    }
     _run(tmp_path, "roundtrip", list(settings))
     expected = {f"{layer}.{w}/{f}" for layer in range(3) for w in WEIGHTS for f in FIELDS}
-    for setting, dtype in settings.items():
+    for setting, (dtype, wrapper) in settings.items():
         ranks = [_read(tmp_path / setting.replace(":", "_") / f"result_{r}.json") for r in (0, 1)]
         for res in ranks:
-            assert res["param_dtype"] == f"torch.{dtype}"
+            assert (res["param_dtype"], res["optimizer"]) == (f"torch.{dtype}", wrapper)
             assert res["identity_perm"] == [False, False, False]  # real permutations
             assert res["moments_nonzero"]  # after 3 Adam steps: the moments carry information
             assert res["master_is_param"]  # the model weights are the masters (rounded to bf16)
