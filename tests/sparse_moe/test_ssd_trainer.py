@@ -3,8 +3,10 @@ from a checkpoint written in sparse mode reproducing the uninterrupted run bit f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import pytest
 import torch
 
 from densa.config.schema import (
@@ -20,7 +22,7 @@ from densa.config.schema import (
     TrainSection,
 )
 from densa.models.config import ModelConfig
-from densa.sparse_moe import SSDCallback, SSDConfig
+from densa.sparse_moe import MoEError, SSDCallback, SSDConfig
 from densa.train.callbacks import Callback
 
 VOCAB, SEQ, STEPS = 64, 16, 8
@@ -64,12 +66,27 @@ class RouterProbe(Callback):
             self.seen.append(self.ssd._moe_layers()[0].router.weight.detach().clone())
 
 
-def fit(out_dir, *callbacks):
+def fit(out_dir, *callbacks, config=None):
     from densa.train.run import build_trainer
     from densa.train.synthetic import SyntheticDataset
 
-    trainer = build_trainer(cfg(out_dir), callbacks=list(callbacks), train_data=SyntheticDataset(VOCAB, SEQ))
+    config = config or cfg(out_dir)
+    trainer = build_trainer(config, callbacks=list(callbacks), train_data=SyntheticDataset(VOCAB, SEQ))
     return trainer, trainer.fit()
+
+
+def test_a_callback_built_in_python_refuses_an_engine_it_cannot_permute(tmp_path, ds_world):
+    # densa check refuses ssd.enabled with bf16 at ZeRO-0; a callback passed in Python meets the engine's own
+    # check: DeepSpeed's ZeRO-0 bf16 optimizer has no per-parameter link to its fp32 masters
+    bf16 = dataclasses.replace(cfg(tmp_path), parallel=ParallelSection(precision="bf16"))
+    with pytest.raises(MoEError) as info:
+        fit(tmp_path, SSDCallback(SSD), config=bf16)
+    assert str(info.value) == (
+        "layer 0: cannot permute ffn.gate_up_proj.weight with its training state: tp 1, ZeRO-0, bf16: only"
+        " ZeRO-0 fp32 and ZeRO-1/2 (fp32 or bf16) at tp 1 hold every parameter whole with its fp32 master"
+        " linked to it (SSD reorders each FFN weight together with its optimizer moments and fp32 master"
+        " copy)"
+    )
 
 
 def test_ssd_switches_in_the_trainer_and_resumes_bit_exactly_from_a_sparse_checkpoint(tmp_path, ds_world):
