@@ -27,11 +27,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain script from anywhere
 
 from benchmarks.common import machine_info, median, write_results  # noqa: E402
+
+# The CPU benchmark's settings and prompt (benchmarks/infllm/smollm2_passkey.py), so the two compare.
+from benchmarks.infllm.smollm2_passkey import INFLLM, passkey_prompt  # noqa: E402
 from densa.kernels.timing import device_name, peak_memory, time_interleaved_device  # noqa: E402
 from densa.kernels.two_stage_attention import two_stage_attention  # noqa: E402
 from densa.longctx import build_policy, generate_with_policy  # noqa: E402
-
-INFLLM = dict(n_init=128, n_local=2048, block_size=128, topk=16, exc_block_size=512, max_cached_units=32)
 
 
 def kernel_bench(device: torch.device, smoke: bool, repeats: int) -> list[dict]:
@@ -67,18 +68,6 @@ def kernel_bench(device: torch.device, smoke: bool, repeats: int) -> list[dict]:
         )
     times = time_interleaved_device(fns, repeats, device)
     return [{"variant": k, "ms": 1e3 * median(t), "max_abs_err_vs_torch": err} for k, t in times.items()]
-
-
-def passkey_prompt(tok, text_ids: list[int], length: int, gen: torch.Generator) -> tuple[list[int], str]:
-    key = str(int(torch.randint(10000, 99999, (1,), generator=gen)))
-    needle = tok.encode(f" The pass key is {key}. Remember it. {key} is the pass key. ")
-    question = tok.encode(" What is the pass key? The pass key is")
-    body = length - len(needle) - len(question) - 1
-    start = int(torch.randint(0, len(text_ids) - body, (1,), generator=gen))
-    hay = text_ids[start : start + body]
-    depth = int(torch.randint(0, body, (1,), generator=gen))
-    bos = [tok.bos_id] if tok.bos_id is not None else []
-    return bos + hay[:depth] + needle + hay[depth:] + question, key
 
 
 def passkey_bench(model, tok, text: str, lengths: list[int], rows: int, device) -> list[dict]:
