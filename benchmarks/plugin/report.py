@@ -10,17 +10,22 @@ COLUMNS = (
     ("general_shuffled", "general, shuffled emb."),
     ("task_specific_shuffled", "task-specific, shuffled emb."),
     ("random_mapper", "random mapper"),
+    ("general_slash", "general, `[E] / name` form"),
+    ("task_specific_slash", "task-specific, `[E] / name` form"),
 )
 SWAP = (
     ("base", "base"),
     ("mapper_A", "+ KB A's mapper"),
     ("general_B", "+ general B"),
     ("task_specific_B", "+ task-specific B"),
+    ("task_specific_B_shuffled", "task-specific B, shuffled emb."),
 )
 TASK_NAMES = {"relation": "relation classification", "typing": "entity typing", "qa": "cloze QA"}
 
 
 def _cell(x: dict) -> str:
+    if not x:
+        return "n/a"
     lo, hi = x["ci95"]
     return f"{x['value']:.1f} ({lo:.1f}–{hi:.1f})"
 
@@ -75,6 +80,42 @@ def markdown(p: dict) -> str:
         ]
         for method in methods:
             acc = r[method]["domain_swap"]["accuracy"]
-            out.append(f"| {method} | " + " | ".join(_cell(acc[k]) for k, _ in SWAP) + " |")
+            out.append(f"| {method} | " + " | ".join(_cell(acc.get(k, {})) for k, _ in SWAP) + " |")
         out.append("")
+    out += goals(p["results"])
     return "\n".join(out) + "\n"
+
+
+def goals(results: dict) -> list[str]:
+    """The issue's goals, read off the results: gains over base on the held-out (knowledge-dependent)
+    examples, the order task-specific ≥ general ≥ none, and the shuffled control removing the gain."""
+    lines = ["## Goals", "", "| task | adaptation | task-specific gain (95% CI) | order ts ≥ general ≥ none |"
+             " shuffled emb. keeps of the gain | swap: task-specific B gain, shuffled B gain |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    best: dict[str, float] = {}
+    for task, r in results.items():
+        for method in ("full", "lora", "bitfit"):
+            if method not in r:
+                continue
+            acc, gain = r[method]["accuracy"], r[method]["gain_over_base"]
+            ts, gen, base = acc["task_specific"]["value"], acc["general"]["value"], acc["base"]["value"]
+            keep = (
+                gain["task_specific_shuffled"]["value"] / gain["task_specific"]["value"]
+                if ts > base
+                else None
+            )
+            swap = r[method]["domain_swap"]["gain_over_base"]
+            order = "yes" if ts >= gen >= base else "no"
+            kept = "n/a" if keep is None else f"{100 * keep:.0f}%"
+            swap_ts = swap["task_specific_B"]["value"]
+            swap_shuffled = swap.get("task_specific_B_shuffled", {}).get("value", float("nan"))
+            lines.append(
+                f"| {task} | {method} | {_cell(gain['task_specific'])} | {order} | {kept} |"
+                f" {swap_ts:+.1f}, {swap_shuffled:+.1f} |"
+            )
+            best[task] = max(best.get(task, -1e9), gain["task_specific"]["value"])
+    if best:
+        top = max(best, key=best.__getitem__)
+        lines += ["", f"Largest task-specific gain (best adaptation per task): {top} "
+                  f"({', '.join(f'{t} {v:+.1f}' for t, v in best.items())})."]  # fmt: skip
+    return lines + [""]

@@ -13,6 +13,7 @@ from densa.errors import DensaError
 
 PluginKind = Literal["general", "task"]
 MapperChoice = Literal["affine", "mlp"]
+MentionFormChoice = Literal["slash", "masked"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,8 +24,14 @@ class PluginConfig:
     enabled: bool = False
     """Make this a map-tuning run (needs init.from_path and data.tokenizer; data.train is not read)."""
     kind: PluginKind = "general"
-    """general: mention LM, the loss on each linked mention after its [E] token; task: downstream examples,
-    the loss on the answer (task-specific map-tuning of a frozen downstream model)."""
+    """general: mention LM (see mention_form); task: downstream examples, the loss on the answer
+    (task-specific map-tuning of a frozen downstream model)."""
+    mention_form: MentionFormChoice = "masked"
+    """How a mention reaches the model. masked: the [E] token alone, the name dropped; general map-tuning
+    then puts the loss on the text after each masked mention, so the mapper learns to carry the entity's
+    facts. slash: the paper's `[E] / name`; general map-tuning puts the loss on the name. Recorded in
+    the mapper file; `densa plugin ask` rewrites prompts the same way. masked is what helps on entities
+    the model has not read (docs/plugins.md)."""
     kb: str = ""
     """Knowledge-base file (triple and alias lines; `densa plugin kb` writes one from the fact table)."""
     embeddings: str = ""

@@ -6,6 +6,12 @@ placeholder token id and the entity's index in `entity_ids`; every other positio
 keeps the model's own word embedding. With `plug=False` the same text is encoded without the `[E] /`
 insertion (the knowledge-free input a downstream model is adapted on), segment by segment alike, so the
 two encodings differ only by the insertion.
+
+`form="masked"` drops the surface: the `[E]` token alone stands for the mention (the paper masks mentions
+in general map-tuning). A mapper tuned this way must carry what the model should know of the entity,
+which is what helps on entities the model has never read (benchmarks/results/plugin.md); with the
+surface present the model answers from the name it knows and the mapper learns to add little.
+`only=j` plugs the j-th mention alone and leaves the others as plain text.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -23,6 +30,8 @@ from densa.plugins.mapper import NO_ENTITY, UNKNOWN, KnowledgePlugin, input_embe
 MENTION = re.compile(r"\[\[([^\]|]+)(?:\|([^\]]+))?\]\]")
 SEPARATOR = " /"
 """Text between the [E] token and the mention (the paper's `[E] / mention`)."""
+MentionForm = Literal["slash", "masked"]
+MENTION_FORMS = ("slash", "masked")
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,7 @@ class Encoded:
     entity_ids: list[int]
     """NO_ENTITY, UNKNOWN or an entity index, per position."""
     mention_spans: list[tuple[int, int]]
-    """[start, end) token positions of each mention's surface tokens."""
+    """[start, end) token positions of each mention's surface tokens (empty for a masked mention)."""
     unknown: int
     """Mentions that linked to no entity (their [E] gets a zero vector)."""
     mention_entities: list[int]
@@ -45,9 +54,13 @@ def encode_mentions(
     placeholder_id: int,
     *,
     plug: bool = True,
+    form: MentionForm = "slash",
+    only: int | None = None,
 ) -> Encoded:
     """Tokenise `text` with its `[[...]]` mentions rewritten (see the module doc); `encode` maps a text
     piece to token ids (no BOS/EOS)."""
+    if form not in MENTION_FORMS:
+        raise ValueError(f"mention form {form!r}: expected one of {', '.join(MENTION_FORMS)}")
     ids: list[int] = []
     ents: list[int] = []
     spans: list[tuple[int, int]] = []
@@ -59,19 +72,25 @@ def encode_mentions(
         ids.extend(toks)
         ents.extend([NO_ENTITY] * len(toks))
 
-    for m in MENTION.finditer(text):
+    for j, m in enumerate(MENTION.finditer(text)):
         before = text[pos : m.start()]
         add(before.rstrip())
+        plug_this = plug and (only is None or only == j)
         # Whitespace before a mention stays with the mention's first token, as BPE tokenisers attach it.
-        lead = " " if before != before.rstrip() or (plug and ids) else ""
+        lead = " " if before != before.rstrip() or (plug_this and ids) else ""
         surface, target = m.group(1).strip(), m.group(2)
         mention_entity = NO_ENTITY
-        if plug:
+        if plug_this:
             entity = None if kb is None else kb.link((target or surface).strip())
             unknown += entity is None
             mention_entity = UNKNOWN if entity is None else entity
             ids.append(placeholder_id)
             ents.append(mention_entity)
+            if form == "masked":
+                linked.append(mention_entity)
+                spans.append((len(ids), len(ids)))
+                pos = m.end()
+                continue
             add(SEPARATOR)
             lead = " "
         linked.append(mention_entity)

@@ -39,16 +39,27 @@ def load_embeddings(path: str | os.PathLike, kb: KnowledgeBase) -> torch.Tensor:
 
 
 def new_plugin(
-    model: nn.Module, kb: KnowledgeBase, embeddings: torch.Tensor, kind: str = "affine", seed: int = 0
+    model: nn.Module,
+    kb: KnowledgeBase,
+    embeddings: torch.Tensor,
+    kind: str = "affine",
+    seed: int = 0,
+    mention_form: str = "slash",
 ) -> KnowledgePlugin:
-    """A fresh (seeded) mapper from `embeddings` into `model`'s input-embedding space."""
+    """A fresh (seeded) mapper from `embeddings` into `model`'s input-embedding space, for inputs whose
+    mentions are rewritten in `mention_form` (densa.plugins.inject)."""
     from densa.plugins.mapper import input_embedding
 
     torch.manual_seed(seed)
     dim = input_embedding(model).weight.shape[1]
     return KnowledgePlugin(
-        embeddings, dim, kind=kind, kb_fingerprint=kb.fingerprint(), model_fp=model_fingerprint(model)
-    )  # type: ignore[arg-type]
+        embeddings,
+        dim,
+        kind=kind,  # type: ignore[arg-type]
+        kb_fingerprint=kb.fingerprint(),
+        model_fp=model_fingerprint(model),
+        mention_form=mention_form,
+    )
 
 
 def save_plugin(path: str | os.PathLike, plugin: KnowledgePlugin) -> Path:
@@ -77,6 +88,7 @@ def load_plugin(
         kind=meta["kind"],
         kb_fingerprint=meta["kb_fingerprint"],
         model_fp=meta["model_fingerprint"],
+        mention_form=meta.get("mention_form", "slash"),  # files written before the key existed
     )
     try:
         plugin.mapper.load_state_dict(load_file(str(path)), strict=True)

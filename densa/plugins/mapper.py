@@ -70,6 +70,7 @@ class KnowledgePlugin(nn.Module):
         kind: MapperKind = "affine",
         kb_fingerprint: str = "",
         model_fp: str = "",
+        mention_form: str = "slash",
     ) -> None:
         super().__init__()
         kb_dim = embeddings.shape[1]
@@ -82,6 +83,8 @@ class KnowledgePlugin(nn.Module):
         else:
             raise PluginError(f"mapper kind {kind!r}: expected 'affine' or 'mlp'")
         self.kind, self.model_dim = kind, model_dim
+        self.mention_form = mention_form
+        """How mentions are rewritten for this mapper (densa.plugins.inject): it was tuned on that input."""
         self.kb_fingerprint, self.model_fp = kb_fingerprint, model_fp
         self.embeddings_fp = embeddings_fingerprint(embeddings)
 
@@ -94,6 +97,7 @@ class KnowledgePlugin(nn.Module):
     def metadata(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
+            "mention_form": self.mention_form,
             "kb_dim": int(self.embeddings.shape[1]),
             "model_dim": self.model_dim,
             "n_entities": int(self.embeddings.shape[0]),

@@ -29,8 +29,13 @@ def prepare(cfg: RunConfig, model: nn.Module) -> None:
     emb = load_embeddings(p.embeddings, kb)
     if p.init_mapper:
         plugin = load_plugin(p.init_mapper, model, kb, emb)
+        if plugin.mention_form != p.mention_form:
+            raise DataError(
+                f"plugin.init_mapper: {p.init_mapper} was tuned with mention_form {plugin.mention_form!r},"
+                f" this run's plugin.mention_form is {p.mention_form!r}"
+            )
     else:
-        plugin = new_plugin(model, kb, emb, kind=p.mapper, seed=cfg.run.seed)
+        plugin = new_plugin(model, kb, emb, kind=p.mapper, seed=cfg.run.seed, mention_form=p.mention_form)
     ref = next(model.parameters())
     attach_plugin(model, plugin.to(device=ref.device, dtype=ref.dtype))
 
@@ -87,9 +92,13 @@ def rows(cfg: RunConfig, num_samples: int) -> CycledRows:
     placeholder = tok.eos_id if tok.eos_id is not None else 0  # its embedding is replaced: any id serves
     examples, seq = _examples(p, kb), cfg.data.seq_len
     if p.kind == "general":
-        built = mention_rows([e["text"] for e in examples], tok.encode, kb, placeholder, seq)
+        texts = [e["text"] for e in examples]
+        built = mention_rows(texts, tok.encode, kb, placeholder, seq, form=p.mention_form)
     else:
-        built = [task_row(e["prompt"], " " + e["answer"], tok.encode, kb, placeholder, seq) for e in examples]
+        built = [
+            task_row(e["prompt"], " " + e["answer"], tok.encode, kb, placeholder, seq, form=p.mention_form)
+            for e in examples
+        ]
     return CycledRows(built, num_samples, cfg.run.seed)
 
 

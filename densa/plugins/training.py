@@ -1,9 +1,12 @@
 """Map-tuning: rows, the loss, and a small standalone loop (tests, benchmarks); `densa.train` runs the
 same loss through the `plugin:` recipe section (densa.plugins.recipe).
 
-- General map-tuning, the decoder analogue of the paper's mention-masked LM: text with `[[mentions]]`
-  rewritten `[E] / mention`; the loss is on the mention tokens only, which a causal LM predicts after
-  the [E] token, so the frozen model must read the mention out of the injected vector.
+- General map-tuning, the decoder analogue of the paper's mention-masked LM. Form `slash`: text with
+  `[[mentions]]` rewritten `[E] / mention`; the loss is on the mention tokens only, which a causal LM
+  predicts after the [E] token, so the frozen model must read the mention out of the injected vector.
+  Form `masked`: one row per mention, that mention replaced by [E] alone (the others plain text), the
+  loss on the text after it: the model must read what follows from the entity ("[E] is a city in
+  France ."), so the mapper learns to carry the entity's facts, not only its name.
 - Task-specific map-tuning: downstream examples (prompt with mentions, answer); loss on the answer.
 
 In both only the mapper trains: the model is frozen and its weights stay bit-identical.
@@ -18,7 +21,14 @@ import torch
 from torch import nn
 
 from densa.models.loss import causal_lm_loss
-from densa.plugins.inject import Encoded, encode_mentions, plugged_embeds, plugged_logits
+from densa.plugins.inject import (
+    MENTION,
+    Encoded,
+    MentionForm,
+    encode_mentions,
+    plugged_embeds,
+    plugged_logits,
+)
 from densa.plugins.kb import KnowledgeBase
 from densa.plugins.mapper import NO_ENTITY, KnowledgePlugin
 
@@ -51,10 +61,20 @@ def mention_rows(
     kb: KnowledgeBase,
     placeholder_id: int,
     seq_len: int,
+    form: MentionForm = "slash",
 ) -> list[Row]:
-    """General map-tuning rows: loss on each linked mention's tokens (unlinked mentions carry no loss)."""
+    """General map-tuning rows (see the module doc). slash: loss on each linked mention's tokens;
+    masked: per linked mention, a row with it masked and the loss on the tokens after it. Unlinked
+    mentions carry no loss."""
     rows = []
     for text in texts:
+        if form == "masked":
+            for j in range(len(MENTION.findall(text))):
+                enc = encode_mentions(text, encode, kb, placeholder_id, form="masked", only=j)
+                at = enc.mention_spans[j][0] - 1  # the [E] position
+                if enc.mention_entities[j] >= 0 and at + 1 < len(enc.input_ids):
+                    rows.append(_row(enc, range(at + 1, len(enc.input_ids)), seq_len))
+            continue
         enc = encode_mentions(text, encode, kb, placeholder_id)
         spans = zip(enc.mention_spans, enc.mention_entities, strict=True)
         targets = [t for (start, end), entity in spans if entity >= 0 for t in range(start, end)]
@@ -72,10 +92,11 @@ def task_row(
     seq_len: int,
     *,
     plug: bool = True,
+    form: MentionForm = "slash",
 ) -> Row:
     """A downstream example: `prompt` (with mentions) then `answer`, loss on the answer tokens;
     `plug=False` gives the knowledge-free input the downstream model is adapted on."""
-    enc = encode_mentions(prompt, encode, kb, placeholder_id, plug=plug)
+    enc = encode_mentions(prompt, encode, kb, placeholder_id, plug=plug, form=form)
     answer_ids = encode(answer)
     full = Encoded(
         enc.input_ids + answer_ids,

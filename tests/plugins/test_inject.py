@@ -41,6 +41,21 @@ def test_rewrite_inserts_entity_token_and_counts_unknown() -> None:
     assert linked.entity_ids[0] == KB.entity_id("Japan")
 
 
+def test_masked_form_drops_the_surface_and_only_plugs_one_mention() -> None:
+    text = "The capital of [[French Republic]] is [[Atlantis]]"
+    masked = encode_mentions(text, encode, KB, placeholder_id=0, form="masked")
+    assert [WORDS[i] for i in masked.input_ids] == ["the", "capital", "of", "<e>", "is", "<e>"]
+    assert masked.entity_ids == [NO_ENTITY] * 3 + [KB.entity_id("France"), NO_ENTITY, UNKNOWN]
+    assert masked.mention_spans == [(4, 4), (6, 6)] and masked.unknown == 1
+    first = encode_mentions(text, encode, KB, 0, form="masked", only=0)
+    assert [WORDS[i] for i in first.input_ids] == ["the", "capital", "of", "<e>", "is", "atlantis"]
+    assert first.mention_entities == [KB.entity_id("France"), NO_ENTITY] and first.unknown == 0
+    second = encode_mentions(text, encode, KB, 0, only=1)  # slash form, the first mention plain
+    assert [WORDS[i] for i in second.input_ids][3:] == ["french", "republic", "is", "<e>", "/", "atlantis"]
+    with pytest.raises(ValueError, match="mention form 'mask': expected one of slash, masked"):
+        encode_mentions(text, encode, KB, 0, form="mask")  # type: ignore[arg-type]
+
+
 def _plugin_and_ids(model):
     emb = torch.randn(len(KB.entities), 8, generator=torch.Generator().manual_seed(0))
     plugin = new_plugin(model, KB, emb, seed=1)
@@ -80,6 +95,10 @@ def test_plugin_file_roundtrip_and_mismatches(tmp_path) -> None:
     save_plugin(tmp_path / "mapper.safetensors", plugin)
     back = load_plugin(tmp_path / "mapper.safetensors", model, KB, emb_back)
     assert torch.equal(back.vectors(ents), plugin.vectors(ents))
+    assert back.mention_form == "slash"
+    plugin.mention_form = "masked"
+    save_plugin(tmp_path / "masked.safetensors", plugin)
+    assert load_plugin(tmp_path / "masked.safetensors", model, KB, emb_back).mention_form == "masked"
     assert (tmp_path / "mapper.safetensors").stat().st_size < 2000  # 8 x 32 + 32 floats and a header
 
     other_model = Transformer(tiny_model_config(vocab_size=16, dim=48, n_heads=4))

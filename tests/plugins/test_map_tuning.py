@@ -38,6 +38,21 @@ def test_mention_rows_put_loss_on_mention_tokens_only() -> None:
     assert row["entity_ids"][3] == KB.entity_id("France") and row["entity_ids"][7] == KB.entity_id("Paris")
 
 
+def test_masked_mention_rows_put_loss_on_the_text_after_the_masked_mention() -> None:
+    texts = ["the capital of [[France]] is [[Paris]]", "[[Japan]] is the capital of [[Atlantis]]"]
+    rows = mention_rows(texts, encode, KB, placeholder_id=1, seq_len=12, form="masked")
+    # "... is [E]" has nothing after its mention and Atlantis links to no entity: two rows, not four.
+    assert len(rows) == 2
+    for row, words, entity, targets in (
+        (rows[0], ["the", "capital", "of", "<e>", "is"], "France", ["is", "paris"]),
+        (rows[1], ["<e>", "is", "the", "capital", "of"], "Japan", ["is", "the", "capital", "of", "atlantis"]),
+    ):
+        n = len(words)  # inputs stop one token early: the last token is only a label
+        assert [WORDS[int(i)] for i in row["input_ids"][:n]] == words
+        assert row["entity_ids"][words.index("<e>")] == KB.entity_id(entity)
+        assert [WORDS[int(row["labels"][t])] for t in row["loss_mask"].nonzero().flatten()] == targets
+
+
 def test_loss_matches_full_logits_reference() -> None:
     model, plugin, rows = _setup()
     batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}

@@ -90,7 +90,7 @@ def _ask(args: argparse.Namespace) -> int:
     plugin = load_plugin(args.mapper, model, kb, load_embeddings(args.embeddings, kb))
     placeholder = tok.eos_id if tok.eos_id is not None else 0
     for prompt in args.prompts:
-        enc = encode_mentions(prompt, tok.encode, kb, placeholder)
+        enc = encode_mentions(prompt, tok.encode, kb, placeholder, form=plugin.mention_form)
         ids, ents = list(enc.input_ids), list(enc.entity_ids)
         with torch.no_grad():  # no KV cache: prompts are short and the plugged input is re-embedded
             for _ in range(args.max_new_tokens):
