@@ -49,6 +49,7 @@ def sort_slots(experts: torch.Tensor, num_experts: int) -> Slots:
     return Slots(order, order // k, inverse.view(n, k), counts, counts.cumsum(0).to(torch.int32))
 
 
+@torch.compiler.disable  # reads data pointers, which compile-time fake tensors lack
 def _fits_grouped_mm(dim: int, m: int, *tensors: torch.Tensor) -> bool:
     """Whether grouped_mm takes these operands (forward and backward): it wants every leading stride (here
     dim and m) a multiple of 16 bytes and 16-byte aligned data."""
@@ -56,10 +57,12 @@ def _fits_grouped_mm(dim: int, m: int, *tensors: torch.Tensor) -> bool:
     return dim % step == 0 and m % step == 0 and all(t.data_ptr() % 16 == 0 for t in tensors)
 
 
+@torch.compiler.disable  # torch 2.13's compile-time (meta) grouped_mm takes bf16 only; eager takes fp32 too
 def _gmm(a: torch.Tensor, b: torch.Tensor, slots: Slots, fits: bool) -> torch.Tensor:
     """F.grouped_mm(a, b, offs=slots.offsets): a [S, K] by expert rows × b [E, K, n] → [S, n], or
     a [n, S] × b [S, K], both split by expert along S → [E, n, K]. Where grouped_mm refuses the strides
-    (see _fits_grouped_mm), the same per expert with torch.mm (one host sync for the group sizes)."""
+    (see _fits_grouped_mm), the same per expert with torch.mm: slower (a host sync for the group sizes, and
+    under autograd a zero-filled gradient per expert slice of b) but any shape."""
     if fits:
         return F.grouped_mm(a, b, offs=slots.offsets)
     ends = slots.offsets.tolist()
