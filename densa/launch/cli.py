@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "quickstart",
     "data",
     "train",
+    "checkpoint",
     "check",
     "launch",
     "eval",

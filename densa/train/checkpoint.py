@@ -12,9 +12,11 @@ the next start. Contents:
     COMPLETE                marker, written last
 
 DeepSpeed's own format is used for model and optimizer because it already knows how to save and reload
-ZeRO-partitioned optimizer state across stages; the partition layout ties a ZeRO ≥ 1 checkpoint to its
-DP size, which `load` checks before DeepSpeed would fail obscurely. Every .pt file is read weights-only
-(`densa.train.safe_load`): a file with pickled code is refused, never executed.
+ZeRO-partitioned optimizer state across stages. The partition layout ties a ZeRO ≥ 1 checkpoint to its
+DP size: `load` resumes one of another DP size through DeepSpeed's universal checkpoint, converted once
+into `step_N/universal/` (`densa.train.reshard`); a change of ZeRO stage or TP size is refused. Every
+.pt file is read weights-only (`densa.train.safe_load`): a file with pickled code is refused, never
+executed.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from densa.errors import CheckpointError, CorruptFileError
-from densa.train import safe_load
+from densa.train import reshard, safe_load
 
 if TYPE_CHECKING:
     from densa.models.config import ModelConfig
@@ -291,16 +293,17 @@ class CheckpointManager:
                 f"{path / STATE_FILE}: not a readable train state, truncated or damaged ({reason})"
             ) from None
         mismatch = {k: (saved[k], now[k]) for k in ("tp", "zero_stage") if saved[k] != now[k]}
-        if saved["dp"] != now["dp"] and now["zero_stage"] > 0:
-            mismatch["dp"] = (saved["dp"], now["dp"])
         if mismatch:
             desc = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in mismatch.items())
             raise CheckpointError(
-                f"{path}: saved with a different topology ({desc}); ZeRO partitions and TP shards cannot be"
-                " re-sliced on load. Start a new run with init.from_path pointing at this checkpoint"
-                " (weights only), or keep the original topology."
+                f"{path}: saved with a different topology ({desc}); a ZeRO stage or TP size cannot change on"
+                " resume (only the data-parallel size can). Start a new run with init.from_path pointing"
+                " at this checkpoint (weights only), or keep the original parallel settings."
             )
-        self.engine.load(path)
+        universal = reshard.needs_universal(saved, now)
+        if universal:  # ZeRO partitions of another DP size: load DeepSpeed's universal copy
+            reshard.convert_collective(path, self.rank)
+        self.engine.load(path, universal=universal)
         self.engine.load_scheduler_state(record.pop("scheduler"))
         rng = path / f"rng_rank{self.rank}.pt"
         if rng.is_file():

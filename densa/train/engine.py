@@ -51,6 +51,7 @@ from densa.train.safe_load import DEEPSPEED_GLOBALS
 from densa.train.schedules import build_lr_lambda
 
 DS_TAG = "deepspeed"  # sub-folder of a densa checkpoint that holds DeepSpeed's files
+UNIVERSAL_TAG = "universal"  # sub-folder holding the same state as a DeepSpeed universal checkpoint
 Batch = Mapping[str, torch.Tensor]
 LossFn = Callable[[Callable[..., torch.Tensor], Batch], torch.Tensor]
 
@@ -192,6 +193,11 @@ class Engine:
             # The LM head reads output_weight outside the module that owns it; ZeRO-3 must gather it.
             deepspeed.zero.register_external_parameter(model, model.output_weight)
         self.torch_optimizer = optimizer
+        # per-group settings (no weight decay for norms, ...), put back after a universal load (see `load`)
+        self._group_settings = [
+            {k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
+            for g in optimizer.param_groups
+        ]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, build_lr_lambda(cfg.schedule, cfg.train.steps)
         )
@@ -310,13 +316,29 @@ class Engine:
         """Collective: DeepSpeed's model + optimizer (+ ZeRO partitions) into `folder`/deepspeed."""
         self.ds.save_checkpoint(str(folder), tag=DS_TAG, save_latest=False)
 
-    def load(self, folder: Path) -> None:
-        with weights_only_torch_load():
-            path, _ = self.ds.load_checkpoint(
-                str(folder), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
-            )
+    def load(self, folder: Path, universal: bool = False) -> None:
+        """Load `folder`/deepspeed, or with `universal` the universal checkpoint in `folder`/universal
+        (any DP size; see `convert_to_universal`)."""
+        tag = UNIVERSAL_TAG if universal else DS_TAG
+        config = self.ds._config  # DeepSpeed reads checkpoint.load_universal at load time only
+        saved, config.load_universal_checkpoint = config.load_universal_checkpoint, universal
+        try:
+            with weights_only_torch_load():
+                path, _ = self.ds.load_checkpoint(
+                    str(folder), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
+                )
+        finally:
+            config.load_universal_checkpoint = saved
         if path is None:
-            raise CheckpointError(f"{folder}: DeepSpeed found no checkpoint under {DS_TAG}/")
+            raise CheckpointError(f"{folder}: DeepSpeed found no checkpoint under {tag}/")
+        if universal:
+            # DeepSpeed 0.19.8's ZeRO-3 universal load gives every param group group 0's settings (its weight
+            # decay) and one shared `step` tensor, which Adam then increments once per group and step
+            for group, settings in zip(self.torch_optimizer.param_groups, self._group_settings, strict=True):
+                group.update(settings)
+            for state in self.torch_optimizer.state.values():
+                if torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].clone()
 
     def scheduler_state(self) -> dict[str, Any]:
         return {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
@@ -510,6 +532,29 @@ def zero3_checkpoint_weights(folder: str | os.PathLike) -> dict[str, torch.Tenso
 
     with weights_only_torch_load():
         return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=DS_TAG))
+
+
+def convert_to_universal(ds_dir: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+    """DeepSpeed's ds_to_universal: ZeRO-1/2/3 partitions in `ds_dir` -> one file per parameter and
+    optimizer state under `out_dir`/zero (loadable at any DP size), plus the mp_rank model files.
+
+    In-process with one worker (no process pool), every read weights-only; its progress goes to stderr."""
+    import argparse
+    import sys
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(
+        input_folder=str(ds_dir),
+        output_folder=str(out_dir),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # densa models carry no Megatron universal_checkpoint_info
+    )
+    with weights_only_torch_load(), contextlib.redirect_stdout(sys.stderr):
+        ds_to_universal.main(args)
 
 
 def deepspeed_safe_globals() -> list[tuple[Any, str]]:

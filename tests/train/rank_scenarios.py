@@ -50,6 +50,44 @@ def gold(out: Path, zero_stage: str) -> None:
         (out / "result.json").write_text(json.dumps(result))
 
 
+class RecordLoaded(Callback):
+    """Keeps the full weights right after a checkpoint load (before any step)."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, torch.Tensor] | None = None
+
+    def on_checkpoint_load(self, trainer, step, path) -> None:
+        self.loaded = weights(trainer)
+
+
+def reshard(out: Path, arg: str) -> None:
+    """`arg` = PHASES,STAGE: ZeRO-STAGE runs of 3 * RESHARD_N steps on the launched world, one per phase
+    in PHASES (joined by +): `ref` runs it uninterrupted in out/ref; `a`, `b`, `c` each run RESHARD_N
+    steps of it in out/split, resuming from the previous phase's checkpoint, which may be of another
+    world size. Rank 0 writes out/phase_<phase>.json and the weights just loaded to out/loaded_<phase>.pt."""
+    n, (phases, stage) = RESHARD_N, arg.split(",")
+    for phase in phases.split("+"):
+        run_dir = out / ("ref" if phase == "ref" else "split")
+        cfg = replace(tiny_cfg(run_dir, steps=3 * n), "parallel", zero_stage=int(stage))
+        stops = {"a": [StopAt(n - 1)], "b": [StopAt(2 * n - 1)], "c": [], "ref": []}[phase]
+        probe = RecordLoaded()
+        result = build_trainer(cfg, callbacks=[*stops, probe], train_data=DATA).fit()
+        if int(os.environ["RANK"]) == 0:
+            record = {
+                "world_size": int(os.environ["WORLD_SIZE"]),
+                "steps": [h["step"] for h in result.history],
+                "losses": [h["loss"] for h in result.history],
+                "lrs": [h["lr"] for h in result.history],
+                "consumed_samples": result.state.consumed_samples,
+            }
+            if probe.loaded is not None:
+                torch.save(probe.loaded, out / f"loaded_{phase}.pt")
+            (out / f"phase_{phase}.json").write_text(json.dumps(record))
+
+
+RESHARD_N = 3
+
+
 def tensor_parallel(out: Path, init_from: str) -> None:
     """tp = 2 on 2 ranks (dp = 1) from the weights in `init_from`; rank 0 reports the losses."""
     cfg = replace(replace(tiny_cfg(out, steps=4), "parallel", tp=2), "init", from_path=init_from)
