@@ -1,7 +1,7 @@
 """A ~1B-parameter densa decoder trained in bf16 on one GPU: tokens/s and MFU (issue 19, item 6).
 
 The model is Llama-3.2-1B-shaped (dim 2048, 16 layers, 32 query / 8 KV heads, SwiGLU FFN 8192, vocabulary
-32000, untied head: 1.14B parameters), trained through densa's own `Engine` (DeepSpeed, bf16, ZeRO-0, torch
+32000, untied head: 1.10B parameters), trained through densa's own `Engine` (DeepSpeed, bf16, ZeRO-0, torch
 AdamW, clipping) on synthetic tokens; no checkpoint is written (a 1B checkpoint is ~14 GB of disk and not what
 is measured). Each step is 8 sequences of 2048 tokens (2 micro-batches of 4); the first --warmup steps are
 dropped, the rest are timed one by one (a scalar read of a weight after each step waits for the GPU).
