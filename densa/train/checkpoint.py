@@ -302,6 +302,8 @@ class CheckpointManager:
             )
         universal = reshard.needs_universal(saved, now)
         if universal:  # ZeRO partitions of another DP size: load DeepSpeed's universal copy
+            if refused := reshard.refusal(path, saved):
+                raise CheckpointError(refused)
             reshard.convert_collective(path, self.rank)
         self.engine.load(path, universal=universal)
         self.engine.load_scheduler_state(record.pop("scheduler"))

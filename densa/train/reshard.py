@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from densa.errors import CheckpointError
@@ -32,6 +33,19 @@ def needs_universal(saved: dict[str, int], now: dict[str, int]) -> bool:
     """True when a checkpoint of topology `saved` must go through the universal format to load on `now`:
     ZeRO ≥ 1 partitions written at another DP size (ZeRO-0 state is whole on every rank)."""
     return saved["zero_stage"] > 0 and saved["dp"] != now["dp"]
+
+
+def refusal(checkpoint: Path, saved: dict[str, int]) -> str | None:
+    """Why a checkpoint that `needs_universal` cannot be resumed that way (None when it can)."""
+    if saved["tp"] > 1:
+        return (
+            f"{checkpoint}: saved with tp {saved['tp']} at data-parallel size {saved['dp']}; densa converts"
+            " only tp = 1 checkpoints to another data-parallel size (DeepSpeed's universal conversion needs"
+            " Megatron's patterns to join tensor-parallel shards, which densa's models do not declare)."
+            f" Resume it on {saved['dp'] * saved['tp']} processes, or start a new run with init.from_path"
+            " pointing at it (weights only)"
+        )
+    return None
 
 
 def _saved_topology(checkpoint: Path) -> dict[str, int]:
@@ -104,10 +118,31 @@ def convert(checkpoint: str | os.PathLike) -> Path:
     return final
 
 
-def convert_collective(checkpoint: Path, rank: int) -> None:
-    """`convert` on rank 0 while the others wait; every rank raises rank 0's error, if any."""
-    from densa.train import engine as eng
+CONVERT_TIMEOUT_ENV = "DENSA_CONVERT_TIMEOUT_S"
+DEFAULT_CONVERT_TIMEOUT_S = 4 * 3600.0
 
+
+def convert_timeout_s() -> float:
+    """`$DENSA_CONVERT_TIMEOUT_S`: how long the other ranks wait for rank 0's conversion (default 4 h)."""
+    from densa.train.failures import _seconds_from_env
+
+    timeout = _seconds_from_env(CONVERT_TIMEOUT_ENV, DEFAULT_CONVERT_TIMEOUT_S)
+    if timeout <= 0:
+        raise CheckpointError(f"${CONVERT_TIMEOUT_ENV} must be > 0 seconds, got {timeout:g}")
+    return timeout
+
+
+def convert_collective(checkpoint: Path, rank: int) -> None:
+    """`convert` on rank 0 while the others wait; every rank raises rank 0's error, if any.
+
+    The others wait on a gloo group of their own whose timeout is `convert_timeout_s()`, not the
+    collective timeout of training: converting a large model in one process takes longer than a step, and
+    a dead rank 0 still ends the wait at once (the connection closes)."""
+    import torch.distributed as dist
+
+    group = None
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=convert_timeout_s()))
     error = None
     if rank == 0:
         if not has_universal(checkpoint):
@@ -121,6 +156,10 @@ def convert_collective(checkpoint: Path, rank: int) -> None:
             convert(checkpoint)
         except CheckpointError as err:
             error = str(err)
-    error = eng.broadcast_object(error)
+    if group is not None:
+        box = [error]
+        dist.broadcast_object_list(box, src=0, group=group)
+        error = box[0]
+        dist.destroy_process_group(group)
     if error:
         raise CheckpointError(error)

@@ -103,6 +103,27 @@ def test_zero0_checkpoints_are_not_converted(tmp_path):
     assert not list((tmp_path / "z0").glob("universal*"))
 
 
+def test_tensor_parallel_checkpoints_are_refused_with_the_process_count():
+    saved = {"world_size": 4, "dp": 2, "tp": 2, "zero_stage": 1}
+    assert reshard.refusal(Path("ckpt"), saved) == (
+        "ckpt: saved with tp 2 at data-parallel size 2; densa converts only tp = 1 checkpoints to another"
+        " data-parallel size (DeepSpeed's universal conversion needs Megatron's patterns to join"
+        " tensor-parallel shards, which densa's models do not declare). Resume it on 4 processes, or start"
+        " a new run with init.from_path pointing at it (weights only)"
+    )
+    assert reshard.refusal(Path("ckpt"), {**saved, "tp": 1}) is None
+
+
+def test_convert_timeout_is_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DENSA_CONVERT_TIMEOUT_S", "90")
+    assert reshard.convert_timeout_s() == 90.0
+    monkeypatch.setenv("DENSA_CONVERT_TIMEOUT_S", "0")
+    with pytest.raises(CheckpointError, match=r"\$DENSA_CONVERT_TIMEOUT_S must be > 0 seconds, got 0"):
+        reshard.convert_timeout_s()
+    monkeypatch.delenv("DENSA_CONVERT_TIMEOUT_S")
+    assert reshard.convert_timeout_s() == 4 * 3600
+
+
 def test_needs_universal_only_for_partitions_of_another_dp_size():
     topo = {"world_size": 2, "dp": 2, "tp": 1, "zero_stage": 2}
     assert reshard.needs_universal(topo, {**topo, "dp": 1, "world_size": 1})

@@ -18,8 +18,8 @@ def register(subparsers) -> None:
         description="Convert a ZeRO-1/2/3 checkpoint's per-rank optimizer partitions with DeepSpeed's "
         "ds_to_universal into CHECKPOINT/universal/ (the original files are only read). `densa train` "
         "does this itself when it resumes on another number of data-parallel ranks; converting ahead, "
-        "on one machine, keeps a large conversion out of the job (its other ranks wait for rank 0's "
-        "conversion at most $DENSA_DIST_TIMEOUT_S seconds).",
+        "on one machine, keeps a large conversion out of the job (its other ranks sit idle while rank 0 "
+        "converts, for at most $DENSA_CONVERT_TIMEOUT_S seconds).",
     )
     u.add_argument("path", help="a run dir (its newest complete checkpoint) or RUN/checkpoints/step_N")
     u.set_defaults(handler=_universal)
