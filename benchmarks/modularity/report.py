@@ -101,6 +101,10 @@ def stabilisation(em: dict) -> dict[str, int | None]:
     return out
 
 
+def _f(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0f}"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -343,8 +347,25 @@ def knowledge_rows(kn: dict) -> list[dict]:
     return rows
 
 
-def stabilisation_of(em: dict) -> dict[str, int | None]:
-    return stabilisation(em)
+def half_rise(em: dict) -> dict[str, float | None]:
+    """Step at which each similarity-to-final curve first covers half of its rise (first to last point),
+    linearly interpolated between checkpoints: a finer, continuous timing than `stabilisation` when few
+    checkpoints are analysed."""
+    steps = em["steps"][:-1]
+    out: dict[str, float | None] = {}
+    for key in KEYS:
+        curve = [r[key] for r in em["to_final"]]
+        rise = curve[-1] - curve[0]
+        out[key] = None
+        if rise <= 0:
+            continue
+        progress = [(c - curve[0]) / rise for c in curve]
+        for i in range(1, len(progress)):
+            if progress[i] >= 0.5:
+                lo, hi = progress[i - 1], progress[i]
+                out[key] = steps[i - 1] + (0.5 - lo) / (hi - lo) * (steps[i] - steps[i - 1])
+                break
+    return out
 
 
 def series_rows(series: dict[str, dict]) -> dict:
@@ -368,11 +389,13 @@ def series_rows(series: dict[str, dict]) -> dict:
                 and expert + gap <= neuron
                 and expert + gap <= rnd,
                 "partition_before_best_function": None not in (part, best) and part + gap <= best,
+                "half_rise": half_rise(em),
                 "final_val_loss": m.get("val_loss"),
             }
         out[kind] = {
             "seeds": per_seed,
             "stabilised": {k: interval([p["stabilised"][k] for p in per_seed.values()]) for k in KEYS},
+            "half_rise": {k: interval([p["half_rise"][k] for p in per_seed.values()]) for k in KEYS},
             "curves": {
                 k: [
                     interval([m["emergence"]["to_final"][i][k] for m in members.values()])
@@ -506,6 +529,26 @@ def series_markdown(series: dict, srows: dict, frows: dict, steps: int) -> list[
         )
         + " |"
     )
+    out += [
+        "",
+        "Half-rise step (the curve first covers half of its rise from the first analysed checkpoint to the "
+        "last, interpolated): a continuous timing, finer than the stabilisation step at this spacing.",
+        "",
+        "| measure | "
+        + " | ".join(f"{k} s{v['seed']}" for k in srows for v in srows[k]["seeds"].values())
+        + " | "
+        + " | ".join(f"{k} mean ± 95%" for k in srows)
+        + " |",
+        "| --- |" + " --- |" * (sum(len(v["seeds"]) for v in srows.values()) + len(srows)),
+    ]
+    for key in KEYS:
+        cells = [
+            f"{v['half_rise'][key]:.0f}" if v["half_rise"][key] is not None else "–"
+            for k in srows
+            for v in srows[k]["seeds"].values()
+        ]
+        cells += [_iv(srows[k]["half_rise"][key]) for k in srows]
+        out.append(f"| {key} | " + " | ".join(cells) + " |")
     out += [
         "",
         "Similarity to the final checkpoint, mean over seeds (± 95% t-interval):",
@@ -665,7 +708,45 @@ def write_report(base: Path, steps: int) -> None:
                 n > 1 and ok == n,
             )
         )
+    for kind, sr in srows.items():
+        seeds = list(sr["seeds"].values())
+        ex = [v["half_rise"]["expert_spearman"] for v in seeds]
+        ne = [v["half_rise"]["neuron_spearman"] for v in seeds]
+        ra = [v["half_rise"]["random_expert_spearman"] for v in seeds]
+        ok = None not in ex + ne + ra and max(ex) < min(ne) and max(ex) < min(ra)
+        findings.append(
+            (
+                f"... by half-rise step ({kind}, {len(seeds)} seeds)",
+                f"expert Spearman reaches half its rise at step {', '.join(_f(x) for x in ex)}, neurons at "
+                f"{', '.join(_f(x) for x in ne)}, random-partition experts at {', '.join(_f(x) for x in ra)} "
+                "(holds if every seed's expert curve is earlier than every seed's neuron and random-expert "
+                "curves)",
+                len(seeds) > 1 and ok,
+            )
+        )
+        pa = [v["half_rise"]["param_ari"] for v in seeds]
+        be = [v["half_rise"]["best_function_ari"] for v in seeds]
+        findings.append(
+            (
+                f"... the partition before best-function grouping, by half-rise step ({kind})",
+                f"param ARI half-rise at step {', '.join(_f(x) for x in pa)}, best-function ARI at "
+                f"{', '.join(_f(x) for x in be)} (holds if every seed's partition is earlier than every "
+                "seed's grouping)",
+                len(seeds) > 1 and None not in pa + be and max(pa) < min(be),
+            )
+        )
     if {"dense", "ssd"} <= set(srows):
+        d = [v["half_rise"]["param_ari"] for v in srows["dense"]["seeds"].values()]
+        s_ = [v["half_rise"]["param_ari"] for v in srows["ssd"]["seeds"].values()]
+        findings.append(
+            (
+                "SSD's expert partition settles earlier than dense training's, by half-rise step",
+                f"param ARI half-rise at step {', '.join(_f(x) for x in s_)} (SSD) vs "
+                f"{', '.join(_f(x) for x in d)} (dense); holds if every SSD seed is earlier than every "
+                "dense seed",
+                None not in d + s_ and max(s_) < min(d) and len(d) > 1,
+            )
+        )
         d = [v["stabilised"]["param_ari"] for v in srows["dense"]["seeds"].values()]
         s_ = [v["stabilised"]["param_ari"] for v in srows["ssd"]["seeds"].values()]
         em0 = srows["dense"]["steps"]
