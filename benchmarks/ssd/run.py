@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -55,7 +56,7 @@ from benchmarks.common import (  # noqa: E402
     time_interleaved,
     write_results,
 )
-from densa.config.load import load_recipe  # noqa: E402
+from densa.config.load import load_recipe, load_recipe_dict  # noqa: E402
 from densa.config.schema import RunConfig  # noqa: E402
 from densa.models.checkpoint_io import build_transformer  # noqa: E402
 from densa.sparse_moe import MoEFeedForward, cluster_ffn, moefy, perplexity, perplexity_vs_top_k  # noqa: E402
@@ -198,7 +199,13 @@ def overrides(s: Setup, variant: str, run_dir: Path, resume: str = "none") -> li
 
 
 def make_config(s: Setup, variant: str, run_dir: Path, resume: str = "none") -> RunConfig:
-    return load_recipe(RECIPE, overrides(s, variant, run_dir, resume))
+    if variant.startswith("ssd"):
+        return load_recipe(RECIPE, overrides(s, variant, run_dir, resume))
+    # The dense run drops the recipe's ssd: section (settings under enabled: false are refused).
+    data = yaml.safe_load(Path(RECIPE).read_text(encoding="utf-8"))
+    data.pop("ssd", None)
+    dense = [o for o in overrides(s, variant, run_dir, resume) if not o.startswith("ssd.")]
+    return load_recipe_dict(data, str(RECIPE), dense)
 
 
 def valid_sequences(seq_len: int, tokens: int) -> torch.Tensor:
