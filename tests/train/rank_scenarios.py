@@ -61,14 +61,16 @@ class RecordLoaded(Callback):
 
 
 def reshard(out: Path, arg: str) -> None:
-    """`arg` = PHASES,STAGE: ZeRO-STAGE runs of 3 * RESHARD_N steps on the launched world, one per phase
-    in PHASES (joined by +): `ref` runs it uninterrupted in out/ref; `a`, `b`, `c` each run RESHARD_N
-    steps of it in out/split, resuming from the previous phase's checkpoint, which may be of another
-    world size. Rank 0 writes out/phase_<phase>.json and the weights just loaded to out/loaded_<phase>.pt."""
-    n, (phases, stage) = RESHARD_N, arg.split(",")
+    """`arg` = PHASES,STAGE[,PRECISION]: ZeRO-STAGE runs (fp32 unless PRECISION) of 3 * RESHARD_N steps on
+    the launched world, one per phase in PHASES (joined by +): `ref` runs it uninterrupted in out/ref; `a`,
+    `b`, `c` each run RESHARD_N steps of it in out/split, resuming from the previous phase's checkpoint,
+    which may be of another world size. Rank 0 writes out/phase_<phase>.json and the weights just loaded
+    to out/loaded_<phase>.pt."""
+    n, (phases, stage, *precision) = RESHARD_N, arg.split(",")
     for phase in phases.split("+"):
         run_dir = out / ("ref" if phase == "ref" else "split")
-        cfg = replace(tiny_cfg(run_dir, steps=3 * n), "parallel", zero_stage=int(stage))
+        cfg = tiny_cfg(run_dir, steps=3 * n)
+        cfg = replace(cfg, "parallel", zero_stage=int(stage), precision=(precision or ["fp32"])[0])
         stops = {"a": [StopAt(n - 1)], "b": [StopAt(2 * n - 1)], "c": [], "ref": []}[phase]
         probe = RecordLoaded()
         result = build_trainer(cfg, callbacks=[*stops, probe], train_data=DATA).fit()

@@ -1,5 +1,5 @@
-"""Resume on another number of processes (issue 19, item 4): a ZeRO-2 run (ZeRO-1 and ZeRO-3: `slow`) saved
-on 2 gloo processes resumes on 1, then on 2 again, through DeepSpeed's universal checkpoint
+"""Resume on another number of processes (issue 19, item 4): a ZeRO-2 run (ZeRO-1, ZeRO-3 and ZeRO-2 in bf16:
+`slow`) saved on 2 gloo processes resumes on 1, then on 2 again, through DeepSpeed's universal checkpoint
 (densa.train.reshard).
 
 The global batch is fixed in samples (batch.global_tokens), so every step sees the same samples at any
@@ -25,8 +25,9 @@ SCRIPT = REPO / "tests" / "train" / "rank_scenarios.py"
 N = 3  # rank_scenarios.RESHARD_N: steps per phase
 
 
-def _run(out: Path, world_size: int, phases: str, stage: int = 2) -> None:
-    for r in launch(SCRIPT, world_size, ["reshard", str(out), f"{phases},{stage}"], timeout=500):
+def _run(out: Path, world_size: int, phases: str, stage: int = 2, precision: str = "fp32") -> None:
+    arg = f"{phases},{stage},{precision}"
+    for r in launch(SCRIPT, world_size, ["reshard", str(out), arg], timeout=500):
         assert r.returncode == 0, r.stderr[-4000:]
 
 
@@ -42,21 +43,27 @@ def _assert_loaded_equals_saved(out: Path, phase: str, checkpoint: Path) -> None
     loaded = torch.load(out / f"loaded_{phase}.pt")
     saved = checkpoint_weights(checkpoint)
     assert loaded.keys() == saved.keys()
-    for key in saved:
-        assert torch.equal(loaded[key], saved[key]), key
+    for key in saved:  # bf16 runs: the bf16 weights DeepSpeed saved, and the bf16 ones loaded
+        assert torch.equal(loaded[key].float(), saved[key]), key
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize(
-    "stage", [2, pytest.param(1, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)]
+    ("stage", "precision"),
+    [
+        (2, "fp32"),
+        pytest.param(1, "fp32", marks=pytest.mark.slow),
+        pytest.param(3, "fp32", marks=pytest.mark.slow),
+        pytest.param(2, "bf16", marks=pytest.mark.slow),
+    ],
 )
-def test_zero_resumes_2_to_1_to_2_processes(tmp_path, capsys, stage):
+def test_zero_resumes_2_to_1_to_2_processes(tmp_path, capsys, stage, precision):
     ckpts = tmp_path / "split" / "checkpoints"
-    _run(tmp_path, 2, "ref+a", stage)
+    _run(tmp_path, 2, "ref+a", stage, precision)
     original = _digests(ckpts / f"step_{N}" / "deepspeed")
     assert len([f for f in original if "optim_states" in f]) == 2  # one partition per rank
 
-    _run(tmp_path, 1, "b", stage)  # 2 -> 1: converts step_3 in place, then trains steps 3..5
+    _run(tmp_path, 1, "b", stage, precision)  # 2 -> 1: converts step_3 in place, then trains steps 3..5
     assert reshard.has_universal(ckpts / f"step_{N}")
     assert _digests(ckpts / f"step_{N}" / "deepspeed") == original  # the original is only read
     assert sorted(p.name for p in (ckpts / f"step_{N}").iterdir() if "universal" in p.name) == ["universal"]
@@ -64,7 +71,7 @@ def test_zero_resumes_2_to_1_to_2_processes(tmp_path, capsys, stage):
     one_rank = ckpts / f"step_{2 * N}" / "deepspeed"
     assert len(list(one_rank.glob("*optim_states.pt"))) == 1
 
-    _run(tmp_path, 2, "c", stage)  # 1 -> 2
+    _run(tmp_path, 2, "c", stage, precision)  # 1 -> 2
     _assert_loaded_equals_saved(tmp_path, "c", ckpts / f"step_{2 * N}")
 
     ref, phases = _phase(tmp_path, "ref"), [_phase(tmp_path, p) for p in "abc"]
@@ -73,7 +80,9 @@ def test_zero_resumes_2_to_1_to_2_processes(tmp_path, capsys, stage):
     assert [p["consumed_samples"] for p in phases] == [8 * N, 16 * N, 24 * N]  # 8 samples a step
     assert [x for p in phases for x in p["lrs"]] == ref["lrs"]
     split = [x for p in phases for x in p["losses"]]
-    assert split == pytest.approx(ref["losses"], rel=1e-5)
+    # bf16: a new DP size sums the bf16 gradients in another grouping (an uninterrupted 1-process bf16 run
+    # departs from the 2-process one by ~1.5e-4 relative on this model), so the bound is wider
+    assert split == pytest.approx(ref["losses"], rel=1e-5 if precision == "fp32" else 1e-3)
     assert ref["losses"][-1] < ref["losses"][0] - 0.5  # the run learns: the comparison is not vacuous
 
     # the CLI converts ahead of a resume: the newest checkpoint of a run dir, once
