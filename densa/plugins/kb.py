@@ -22,6 +22,7 @@ from pathlib import Path
 
 from densa.data.facts import Fact
 from densa.errors import DataError
+from densa.outputs import write_text_atomic
 
 MIN_ALIAS_CHARS = 4
 """Shorter alternative spellings (ISO codes like "FR") are too ambiguous in running text to link."""
@@ -85,7 +86,7 @@ class KnowledgeBase:
             f"triple\t{self.entities[h]}\t{self.relations[r]}\t{self.entities[t]}" for h, r, t in self.triples
         ]
         lines += [f"alias\t{a}\t{e}" for a, e in sorted(self.aliases.items())]
-        Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_text_atomic(path, "\n".join(lines) + "\n")  # makes the folder; a failed write keeps the old
 
 
 def read_kb(path: str | os.PathLike) -> KnowledgeBase:

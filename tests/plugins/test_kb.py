@@ -28,8 +28,8 @@ TRIPLES = [
 
 def test_roundtrip_and_linking(tmp_path) -> None:
     kb = KnowledgeBase.from_triples(TRIPLES, {"French Republic": "France", "Nippon": "Japan", "X": "Nowhere"})
-    kb.save(tmp_path / "kb.tsv")
-    back = read_kb(tmp_path / "kb.tsv")
+    kb.save(tmp_path / "new" / "kb.tsv")  # the folder is made, as `densa plugin kb --out` needs
+    back = read_kb(tmp_path / "new" / "kb.tsv")
     assert back.fingerprint() == kb.fingerprint() and back.aliases == kb.aliases
     assert "X" not in kb.aliases  # an alias of an entity in no triple is dropped
     assert kb.link("  french   REPUBLIC ") == kb.entity_id("France")
