@@ -477,7 +477,7 @@ def series_markdown(series: dict, srows: dict, frows: dict, steps: int) -> list[
     )
     out = [
         "",
-        "## 4. Emergence over pretraining: dense vs SSD, 3 seeds",
+        "## 4. Emergence over pretraining: dense vs SSD over seeds",
         "",
         f"{any_em['model']['activation']} decoder d={any_em['model']['dim']}, {any_em['model']['n_layers']} "
         f"layers, d_ff={any_em['model']['ffn_dim']} (plain), {any_em['experts']} experts; {steps} steps of "
@@ -571,7 +571,13 @@ def series_markdown(series: dict, srows: dict, frows: dict, steps: int) -> list[
     if frows:
         out += [
             "",
-            "### The series' final checkpoints (3 seeds each; 3 parameter-clustering seeds for the experts)",
+            "### The series' final checkpoints",
+            "",
+            "Seeds: "
+            + ", ".join(f"{kind} {fr['seeds']}" for kind, fr in frows.items())
+            + ". Specialisation and functional pairs: mean ± 95% over model seeds; perturbation columns: "
+            "over model seeds × 3 parameter clusterings (functional experts found in each), 25 sequences "
+            "per label.",
             "",
             "| kind | family | specialised | shuffled | functional pairs param / coact / random | "
             "labels: own experts off > every random (share) | own experts off (nats) | random experts off |",
