@@ -1,12 +1,22 @@
 """APB vs Ring vs Star attention with H gloo processes (reference/longctx.md §7.4; issue 13).
 
-Backbone: `recipes/locret_backbone_tiny.yaml` (MQAR + passkey + first-occurrence, T ≤ 256; trained by
-benchmarks/locret, shared run dir runs/locret_bench/backbone). Retaining heads: runs/infllm_bench/heads_TASK
-(`recipes/locret_heads_tiny.yaml`, one set per task; the cross-host task uses the first-occurrence heads).
+Tasks and their models:
+- `repeated_pair` (the cross-host task; densa.longctx.tasks): 4 keys, each twice on two hosts, one with the
+  same value both times; QUERY asks for that value, which only a context token that saw the earlier host
+  can mark (every key and value occurs twice, so counting tokens at decode time does not find it).
+  Backbone `recipes/apb_backbone_tiny.yaml` and heads `recipes/apb_heads_tiny.yaml` (runs/apb_bench/,
+  trained by `python -m benchmarks.apb.train`).
+- `mqar` and the superseded `cross_host` (first-occurrence recall across hosts, benchmarks/apb/cross_host.py:
+  the model answers it from positions at decode time, so Star equals full attention on it): the Locret
+  backbone `recipes/locret_backbone_tiny.yaml` (runs/locret_bench/backbone) and the heads of
+  benchmarks/infllm (runs/infllm_bench/heads_TASK). Rows of tasks not run are carried over from the
+  committed apb.json.
 
 Per task and H ∈ --hosts, every method prefills the 256-token context sequence-parallel on H gloo processes
 (forked; each with one thread), then feeds the query segment by Star-style distributed decode (answers
-teacher-forced); full attention is one process over the whole row. Methods: ring (exact, zigzag), star
+teacher-forced); full attention is one process over the whole row (`full_masked`, repeated_pair only: the same
+with cross-block attention masked while the context is encoded, the §7.4 check that the dependency is
+real). Methods: ring (exact, zigzag), star
 (anchor = block 0), apb (anchor = block/4 with BOS + the query, passing = block/8 per host and KV head by the
 retaining heads, max-pool 5), and the ablations apb_random (random passing tokens), apb_no_passing and
 apb_query_outside_anchor. Measures: answer accuracy, KL(full ‖ method) of the next-token distributions at
@@ -30,17 +40,28 @@ from typing import Any
 import torch
 
 from benchmarks.apb.cross_host import cross_host
+from benchmarks.apb.mask_check import masked_logits
 from benchmarks.apb.report import goals, markdown, plot
+from benchmarks.apb.train import VALUE_POOL
 from benchmarks.common import RESULTS_DIR, machine_info, write_results
 from benchmarks.locret.accuracy_vs_budget import RECIPES, load_backbone
 from benchmarks.locret.task_data import eval_sample
 from densa.config.load import load_recipe
 from densa.longctx.apb import SequenceParallelSession, SPConfig
-from densa.longctx.tasks import TaskSample, TaskVocab, answer_accuracy
+from densa.longctx.tasks import TaskSample, TaskVocab, answer_accuracy, repeated_pair
 from densa.models import Transformer
 from densa.testing.distributed import run_distributed
 
-HEADS = {"mqar": "runs/infllm_bench/heads_mqar", "cross_host": "runs/infllm_bench/heads_first_occurrence"}
+HEADS = {
+    "repeated_pair": "runs/apb_bench/heads_repeated_pair",
+    "mqar": "runs/infllm_bench/heads_mqar",
+    "cross_host": "runs/infllm_bench/heads_first_occurrence",
+}
+BACKBONES = {
+    "repeated_pair": "apb_backbone_tiny.yaml",
+    "mqar": "locret_backbone_tiny.yaml",
+    "cross_host": "locret_backbone_tiny.yaml",
+}
 METHODS: dict[str, SPConfig] = {
     "ring": SPConfig("ring"),
     "star": SPConfig("star"),
@@ -48,7 +69,9 @@ METHODS: dict[str, SPConfig] = {
     "apb_random": SPConfig("apb", passing="random"),
     "apb_no_passing": SPConfig("apb", passing="none"),
     "apb_query_outside_anchor": SPConfig("apb", query_in_anchor=False),
+    "apb_passing_block_4": SPConfig("apb"),  # l_p = block/4 (twice the default): is l_p the bottleneck?
 }
+PASSING_DIVISOR = {"apb_passing_block_4": 4}  # these rows' passing_len = block / divisor
 ABLATIONS = ("apb_random", "apb_no_passing", "apb_query_outside_anchor")
 CONTEXT = 256
 ROWS_CACHE = Path("runs/apb_bench/rows.jsonl")
@@ -57,6 +80,8 @@ ROWS_CACHE = Path("runs/apb_bench/rows.jsonl")
 def make_task(task: str, rows: int, hosts: int, seed: int) -> TaskSample:
     if task == "mqar":  # the in-distribution setting of benchmarks/locret: 8 pairs, 4 queries
         return eval_sample("mqar", rows, CONTEXT + 8, TaskVocab(), seed)
+    if task == "repeated_pair":  # the setting benchmarks/apb/train.py trains: 4 keys, each twice
+        return repeated_pair(rows, CONTEXT + 1, 4, hosts, value_pool=VALUE_POOL, seed=seed)
     return cross_host(rows, CONTEXT, hosts, n_keys=4, n_queries=2, seed=seed)
 
 
@@ -86,13 +111,15 @@ def kl_at_answers(full: torch.Tensor, other: torch.Tensor, sample: TaskSample) -
     return float(kl[mask].mean())
 
 
-def first_outside_block0(sample: TaskSample, hosts: int) -> torch.Tensor:
-    """[B, tail] bool: answers whose first occurrence lies outside block 0 (out of Star's anchor)."""
+def first_outside_block0(sample: TaskSample, hosts: int, task: str) -> torch.Tensor:
+    """[B, tail] bool: answers whose first occurrence (cross_host: of the queried key; repeated_pair: of the
+    answer value, right after the target key) lies outside block 0, out of Star's anchor."""
     ctx = sample.input_ids.shape[1] - sample.tail
     out = torch.zeros(sample.input_ids.shape[0], sample.tail, dtype=torch.bool)
     for b, t in sample.answer_mask.nonzero().tolist():
         ids = sample.input_ids[b].tolist()
-        first = next(p for p in range(ctx) if ids[p] == ids[t])
+        token = int(sample.labels[b, t]) if task == "repeated_pair" else ids[t]
+        first = next(p for p in range(ctx) if ids[p] == token)
         out[b, t - ctx] = first >= ctx // hosts
     return out
 
@@ -135,7 +162,7 @@ def run_cell(model: Transformer, task: str, hosts: int, args: argparse.Namespace
         )
         full_seconds = time.perf_counter() - start
     full = full[:, -sample.tail :]
-    outside = first_outside_block0(sample, hosts) if task == "cross_host" else None
+    outside = first_outside_block0(sample, hosts, task) if task != "mqar" else None
     rows = [
         {
             "task": task,
@@ -146,12 +173,37 @@ def run_cell(model: Transformer, task: str, hosts: int, args: argparse.Namespace
             "prefill_seconds": full_seconds,
         }
     ]
+    outputs = [full]
+    if task == "repeated_pair":  # §7.4: masking cross-block attention while encoding must hurt
+        ctx = sample.input_ids.shape[1] - sample.tail
+        masked = torch.cat(
+            [
+                masked_logits(model, sample.input_ids[s : s + args.batch], ctx, hosts)
+                for s in range(0, args.rows, args.batch)
+            ]
+        )[:, -sample.tail :]
+        outputs.append(masked)
+        rows.append(
+            {
+                "task": task,
+                "hosts": hosts,
+                "method": "full_masked",
+                "accuracy": answer_accuracy(masked, sample),
+                "kl_vs_full": kl_at_answers(full, masked, sample),
+                "prefill_seconds": float("nan"),
+            }
+        )
     if outside is not None:
-        rows[0]["accuracy_first_outside_block0"] = _accuracy_where(full, sample, outside)
+        for r, logits in zip(rows, outputs, strict=True):
+            r["accuracy_first_outside_block0"] = _accuracy_where(logits, sample, outside)
     cached = _cached(task, hosts, args.rows)
     for name, config in METHODS.items():
         if (args.methods and name not in args.methods) or (task == "mqar" and name in ABLATIONS[:2]):
             continue  # the passing ablations are about the cross-host dependency
+        if name in PASSING_DIVISOR:
+            if task != "repeated_pair":
+                continue
+            config = dataclasses.replace(config, passing_len=CONTEXT // hosts // PASSING_DIVISOR[name])
         if name in cached:
             rows.append(cached[name])
             continue
@@ -210,9 +262,9 @@ def _cached(task: str, hosts: int, n_rows: int) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--hosts", type=int, nargs="+", default=[2, 4])
-    p.add_argument("--tasks", nargs="+", default=["cross_host", "mqar"])
+    p.add_argument("--tasks", nargs="+", default=["repeated_pair"], choices=sorted(HEADS))
     p.add_argument("--methods", nargs="*", default=None, help="default: all")
-    p.add_argument("--rows", type=int, default=128)
+    p.add_argument("--rows", type=int, default=256, help="rows per cell (repeated_pair: one answer each)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--cached-only", action="store_true", help="report the cached cells only, run none")
     p.add_argument("--fresh", action="store_true", help="ignore rows cached by an interrupted run")
@@ -229,36 +281,54 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rows, args.batch = 16, 16
     torch.set_num_threads(1)
-    cfg = load_recipe(RECIPES / "locret_backbone_tiny.yaml")
-    if not (Path(cfg.run.out_dir) / "checkpoints").is_dir():
-        raise SystemExit(
-            f"{cfg.run.out_dir}: no trained backbone; run python -m benchmarks.locret.accuracy_vs_budget"
-        )
+    models = {}
     for task in args.tasks:
+        cfg = load_recipe(RECIPES / BACKBONES[task])
+        if not (Path(cfg.run.out_dir) / "checkpoints").is_dir():
+            raise SystemExit(
+                f"{cfg.run.out_dir}: no trained backbone for {task}; see this script's docstring"
+            )
         if not Path(HEADS[task], "retaining_heads.safetensors").is_file():
-            raise SystemExit(f"{HEADS[task]}: no retaining heads; run python -m benchmarks.infllm.run first")
-    model = load_backbone(cfg)
+            raise SystemExit(f"{HEADS[task]}: no retaining heads for {task}; see this script's docstring")
+        models[task] = load_backbone(cfg)
     ROWS_CACHE.parent.mkdir(parents=True, exist_ok=True)
     if args.fresh:
         ROWS_CACHE.unlink(missing_ok=True)
     started = time.perf_counter()
-    rows = [r for task in args.tasks for hosts in args.hosts for r in run_cell(model, task, hosts, args)]
+    rows = [
+        r | {"rows": args.rows}
+        for task in args.tasks
+        for hosts in args.hosts
+        for r in run_cell(models[task], task, hosts, args)
+    ]
+    previous = RESULTS_DIR / "apb.json"
+    kept: dict[str, Any] = {}
+    if previous.is_file() and not args.quick:  # tasks not run this time keep their committed rows
+        old = json.loads(previous.read_text())
+        old_rows = old["config"].get("rows_per_task", {})
+        for r in old["results"]:
+            if r["task"] not in args.tasks:
+                rows.append({"rows": old_rows.get(r["task"], old["config"]["rows"])} | r)
+                kept[r["task"]] = old["backbone"].get(r["task"], old["backbone"])
+    tasks = list(dict.fromkeys([*args.tasks, *(r["task"] for r in rows)]))
     payload = {
         "benchmark": "apb",
         "config": {
             "context": CONTEXT,
             "rows": args.rows,
+            "rows_per_task": {t: next(r["rows"] for r in rows if r["task"] == t) for t in tasks},
             "batch": args.batch,
             "hosts": args.hosts,
-            "tasks": args.tasks,
+            "tasks": tasks,
             "methods": {k: dataclasses.asdict(v) for k, v in METHODS.items()},
             "heads": HEADS,
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         },
         "machine": machine_info(),
-        "backbone": {
-            "recipe": "recipes/locret_backbone_tiny.yaml",
-            "params": sum(p.numel() for p in model.parameters()),
+        "backbone": kept
+        | {
+            t: {"recipe": f"recipes/{BACKBONES[t]}", "params": sum(p.numel() for p in m.parameters())}
+            for t, m in models.items()
         },
         "seconds": time.perf_counter() - started,
         "results": rows,

@@ -247,6 +247,7 @@ def repeated_pair(
     n_keys: int = 4,
     blocks: int = 4,
     *,
+    value_pool: int | None = None,
     vocab: TaskVocab = TaskVocab(),
     seed: int = 0,
     filler: Filler | None = None,
@@ -255,7 +256,8 @@ def repeated_pair(
     the pairs) of the `seq_len - 1` context tokens cut into `blocks` equal blocks (no bigram straddles a
     block edge). One key carries the same value both times; the others' values form a cycle (key t: w_t then
     w_t+1), so every key and every value occurs exactly twice and only the pairing tells the target apart.
-    Tail: QUERY; its label is the target's value."""
+    Values come from the first `value_pool` value tokens (default: all; ≥ n_keys). Tail: QUERY; its label
+    is the target's value."""
     ctx_len = seq_len - 1
     if blocks < 2 or ctx_len % blocks:
         raise DensaError(
@@ -263,11 +265,12 @@ def repeated_pair(
             f" equal blocks, got blocks={blocks}"
         )
     size = ctx_len // blocks
-    if not 3 <= n_keys <= min(vocab.n_keys, vocab.n_values) or 6 * n_keys > size - 2:
+    pool = vocab.n_values if value_pool is None else value_pool
+    if not 3 <= n_keys <= min(vocab.n_keys, pool, vocab.n_values) or 6 * n_keys > size - 2:
         # every bigram may land in one block: the rejection sampling below needs room for all of them
         raise DensaError(
             f"repeated_pair: n_keys={n_keys} must be ≥ 3 and its {2 * n_keys} bigrams fit blocks of"
-            f" {size} tokens and the vocabulary"
+            f" {size} tokens, the value pool ({pool}) and the vocabulary"
         )
     gen = torch.Generator().manual_seed(seed)
     fill = filler or random_filler(vocab)
@@ -276,7 +279,7 @@ def repeated_pair(
     for _ in range(batch):
         tokens = [vocab.bos] + fill(ctx_len - 1, gen).tolist()
         keys = torch.randperm(vocab.n_keys, generator=gen)[:n_keys].tolist()
-        values = torch.randperm(vocab.n_values, generator=gen)[:n_keys].tolist()
+        values = torch.randperm(pool, generator=gen)[:n_keys].tolist()
         m = n_keys - 1  # decoys: key t gets w_t at its first occurrence and w_(t+1 mod m) at its second
         twice = [(values[0], values[0])] + [(values[1 + t], values[1 + (t + 1) % m]) for t in range(m)]
         used = {0}
@@ -312,7 +315,6 @@ TASKS = {
     "mqar": mqar,
     "passkey": passkey,
     "first_occurrence": first_occurrence,
-    "repeated_pair": repeated_pair,
     "long_document_mqar": long_document_mqar,
     "long_document_passkey": long_document_passkey,
 }
@@ -332,7 +334,6 @@ TASKS: dict[str, Callable[..., TaskSample]] = {
     "mqar": mqar,
     "passkey": passkey,
     "first_occurrence": first_occurrence,
-    "repeated_pair": repeated_pair,
 }
 
 

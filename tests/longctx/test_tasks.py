@@ -118,3 +118,12 @@ def test_repeated_pair_errors() -> None:
         repeated_pair(1, 257, 2)
     with pytest.raises(DensaError, match="n_keys=8 must be ≥ 3 and its 16 bigrams fit blocks of 32 tokens"):
         repeated_pair(1, 129, 8, blocks=4)
+
+
+def test_repeated_pair_value_pool() -> None:
+    s = repeated_pair(32, 257, 4, 2, value_pool=4, seed=1)
+    values = s.input_ids[(s.input_ids >= V.value0) & (s.input_ids < V.filler0)]
+    assert sorted(set(values.tolist())) == [V.value0 + i for i in range(4)]  # all 4, each twice a row
+    assert values.numel() == 32 * 8
+    with pytest.raises(DensaError, match=r"the value pool \(3\)"):
+        repeated_pair(1, 257, 4, value_pool=3)
