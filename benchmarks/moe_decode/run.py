@@ -129,26 +129,31 @@ def bench_ffn(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def e2e_models(args: argparse.Namespace) -> tuple[str, Transformer]:
+def e2e_models(args: argparse.Namespace, folder: str | None = None) -> tuple[str, Transformer]:
+    from densa.data.fetch_models import SMOLLM2, fetch_model
+    from densa.train.finetune import load_model
+
+    if folder is not None:  # a densa run or checkpoint folder (the SSD-trained model)
+        return f"{folder} (MoEfied here)", load_model(folder).eval()
     if args.quick:
         torch.manual_seed(0)
         config = ModelConfig(
             vocab_size=512, dim=128, n_layers=2, n_heads=4, ffn_dim=512, activation="relu", gated=False
         )
         return "tiny random ReLU model (quick mode)", Transformer(config).eval()
-    from densa.data.fetch_models import SMOLLM2, fetch_model
-    from densa.models.hf.importer import load_hf_model
-
-    folder = Path(args.e2e_model) if args.e2e_model else fetch_model(SMOLLM2)
-    return f"{folder.name} (MoEfied here)", load_hf_model(folder)
+    path = Path(args.e2e_model) if args.e2e_model else fetch_model(SMOLLM2)
+    return f"{path.name} (MoEfied here)", load_model(path).eval()
 
 
 @torch.no_grad()
-def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
-    label, dense = e2e_models(args)
+def bench_e2e(
+    args: argparse.Namespace, folder: str | None = None, method: str | None = None
+) -> dict[str, Any]:
+    label, dense = e2e_models(args, folder)
+    method = method or args.moefy_method
     start = time.perf_counter()
     moe = copy.deepcopy(dense)
-    moefy(moe, args.experts, args.top_k, method=args.moefy_method)
+    moefy(moe, args.experts, args.top_k, method=method)
     moefy_s = time.perf_counter() - start
     dense_run, moe_run = InferenceEngine(dense).generate, InferenceEngine(moe).generate
     config = GenerationConfig(max_new_tokens=args.new_tokens, stop_at_eos=False)
@@ -157,6 +162,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
         "model": label,
         "config": dense.config.to_dict() if hasattr(dense.config, "to_dict") else str(dense.config),
         "moefy_s": moefy_s,
+        "moefy_method": method,
         "batches": [],
     }
     prefill = GenerationConfig(max_new_tokens=1, stop_at_eos=False)
@@ -217,13 +223,13 @@ def _ffn_table(payload: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _e2e_table(payload: dict[str, Any]) -> list[str]:
+def _e2e_table(e2e: dict[str, Any]) -> list[str]:
     lines = [
         "| batch | dense tok/s | MoE reference tok/s | MoE kernel tok/s | kernel vs dense "
         "| reference vs dense | kernel greedy = reference |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for r in payload["e2e"]["batches"]:
+    for r in e2e["batches"]:
         t, w = r["decode_tokens_per_s"], r["decode_tokens_per_s_wall"]
         s, sw = r["speedup_vs_dense"], r["speedup_vs_dense_wall"]
         cells = [f"{t[n]:.1f} ({w[n]:.1f})" for n in ("dense", "moe_reference", "moe_kernel")]
@@ -260,16 +266,21 @@ def markdown(payload: dict[str, Any]) -> str:
     ]
     if e is None:
         return "\n".join([*lines, "End to end: not run yet."]) + "\n"
-    lines += [
-        f"## End to end: {e['model']}, {a['moefy_method']} partition, E = {a['experts']}, top-{a['top_k']}",
-        "",
-        f"`InferenceEngine.generate`, greedy, prompts of {a['prompt_len']} random tokens, "
-        f"{a['new_tokens']} new tokens; decode tokens/s from CPU-time (wall) medians of {a['e2e_repeats']} "
-        "calls, a prefill-only call (1 new token) subtracted; MoEfication took "
-        f"{e['moefy_s']:.0f} s (wall).",
-        "",
-        *_e2e_table(payload),
-    ]
+    for e2e, title in ((e, "End to end"), (payload.get("e2e_ssd"), "End to end, the SSD-trained model")):
+        if e2e is None:
+            continue
+        partition = e2e.get("moefy_method", a["moefy_method"])
+        lines += [
+            f"## {title}: {e2e['model']}, {partition} partition, E = {a['experts']}, top-{a['top_k']}",
+            "",
+            f"`InferenceEngine.generate`, greedy, prompts of {a['prompt_len']} random tokens, "
+            f"{a['new_tokens']} new tokens; decode tokens/s from CPU-time (wall) medians of "
+            f"{a['e2e_repeats']} calls, a prefill-only call (1 new token) subtracted; MoEfication took "
+            f"{e2e['moefy_s']:.0f} s (wall).",
+            "",
+            *_e2e_table(e2e),
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -292,6 +303,14 @@ def main() -> None:
     )
     parser.add_argument(
         "--reuse-ffn", action="store_true", help="keep the FFN-layer part of the existing results JSON"
+    )
+    parser.add_argument(
+        "--reuse-e2e", action="store_true", help="keep the end-to-end part of the existing results JSON"
+    )
+    parser.add_argument(
+        "--ssd-model",
+        default=None,
+        help="also run end to end on this densa folder (benchmarks/ssd's SSD-trained model), k-means MoEfied",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -316,8 +335,15 @@ def main() -> None:
         "ffn": ffn,
         "e2e": None,
     }
-    write_results(name, payload, markdown(payload))  # the layer part survives a failed end-to-end run
-    payload["e2e"] = bench_e2e(args)
+    if args.reuse_e2e:
+        old = json.loads(previous.read_text())
+        payload["e2e"] = old["e2e"]
+        payload["config"] = old["config"] | {"ssd_model": args.ssd_model}
+    else:
+        write_results(name, payload, markdown(payload))  # the layer part survives a failed end-to-end run
+        payload["e2e"] = bench_e2e(args)
+    if args.ssd_model:
+        payload["e2e_ssd"] = bench_e2e(args, args.ssd_model, method="kmeans")
     print(*write_results(name, payload, markdown(payload)), sep="\n")
 
 
