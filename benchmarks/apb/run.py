@@ -14,17 +14,19 @@ Tasks and their models:
 
 Per task and H ∈ --hosts, every method prefills the 256-token context sequence-parallel on H gloo processes
 (forked; each with one thread), then feeds the query segment by Star-style distributed decode (answers
-teacher-forced); full attention is one process over the whole row (`full_masked`, repeated_pair only: the same
-with cross-block attention masked while the context is encoded, the §7.4 check that the dependency is
-real). Methods: ring (exact, zigzag), star
-(anchor = block 0), apb (anchor = block/4 with BOS + the query, passing = block/8 per host and KV head by the
-retaining heads, max-pool 5), and the ablations apb_random (random passing tokens), apb_no_passing and
-apb_query_outside_anchor. Measures: answer accuracy, KL(full ‖ method) of the next-token distributions at
-the answer positions, bytes sent/received per host per layer and sequence (every collective counted),
-attention pairs and FFN tokens per host, prefill wall-clock (max over hosts; indicative: H processes share
-2 cores). MQAR skips the random / no passing ablations. Writes benchmarks/results/apb.{json,md,png}; each
-finished cell is cached in runs/apb_bench/rows.jsonl, so an interrupted run resumes (`--fresh` recomputes).
-`--quick` is a smoke run whose numbers mean nothing. The committed results: the defaults, OMP_NUM_THREADS=1.
+teacher-forced); full attention is one process over the whole row (`full_masked`, repeated_pair only: the
+same with cross-block attention masked while the context is encoded, the §7.4 check that the dependency is
+real). Methods: ring (exact, zigzag), star (anchor = block 0), apb (anchor = block/4 with BOS + the query,
+passing = block/8 per host and KV head by the retaining heads, max-pool 5), and the ablations apb_random
+(random passing tokens), apb_no_passing, apb_query_outside_anchor and (repeated_pair only)
+apb_passing_block_4 (passing = block/4). Measures: answer accuracy, KL(full ‖ method) of the next-token
+distributions at the answer positions, bytes sent/received per host per layer and sequence (every
+collective counted), attention pairs and FFN tokens per host, prefill wall-clock (max over hosts;
+indicative: H processes share 2 cores). MQAR skips the random / no passing ablations. Writes
+benchmarks/results/apb.{json,md,png}; each finished cell is cached in runs/apb_bench/rows.jsonl, so an
+interrupted run resumes (`--fresh` recomputes).
+`--quick` is a smoke run whose numbers mean nothing. The committed results: repeated_pair with
+`--rows 256 --batch 128`, cross_host and MQAR with `--tasks cross_host mqar --rows 128`; OMP_NUM_THREADS=1.
 """
 
 from __future__ import annotations

@@ -1,11 +1,15 @@
 """benchmarks/apb: the superseded cross-host task puts each key's two occurrences in two host blocks and asks
 for the first value (repeated_pair, the task the goals read, is tested in test_tasks.py); the goal check reads
-the result rows as the issue states the goals, plus §7.4's masking check."""
+the result rows as the issue states the goals, plus §7.4's masking check; the training rows of
+benchmarks/apb/train.py add the recall and repeat-flag labels inside the context."""
 
 from __future__ import annotations
 
+import torch
+
 from benchmarks.apb.cross_host import cross_host
 from benchmarks.apb.report import GOAL_TASK, goals
+from benchmarks.apb.train import repeated_pair_rows
 from densa.longctx.tasks import TaskVocab
 
 
@@ -51,3 +55,23 @@ def test_goals_as_the_issue_states_them() -> None:
     assert not g["met"] and not g["per_hosts"][4]["checks"]["masking_cross_block_attention_costs_10_points"]
     rows[-1] = _row("full_masked", 4, 0.8)
     assert goals(rows, [2, 4])["met"]
+
+
+def test_training_rows_add_recall_and_repeat_flag_labels() -> None:
+    v = TaskVocab()
+    s = repeated_pair_rows(4, 3, 129, recall=True)
+    plain = repeated_pair_rows(4, 3, 129)
+    assert torch.equal(s.input_ids, plain.input_ids) and torch.equal(s.labels[:, -1], plain.labels[:, -1])
+    for row, labels in zip(s.input_ids.tolist(), s.labels.tolist(), strict=True):
+        firsts: dict[int, int] = {}
+        marked = []
+        for p, tok in enumerate(row[:-1]):
+            if v.key0 <= tok < v.value0:
+                if tok in firsts:  # second occurrence: predicts the first value, then the flag
+                    flag = v.bos if row[p + 1] == firsts[tok] else v.passkey
+                    assert labels[p] == firsts[tok] and labels[p + 1] == flag
+                    marked += [p, p + 1]
+                else:
+                    firsts[tok] = row[p + 1]
+        assert len(marked) == 8 and [labels[p + 1] for p in marked[::2]].count(v.bos) == 1
+        assert all(x == -100 for p, x in enumerate(labels[:-1]) if p not in marked)
