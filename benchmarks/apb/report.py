@@ -116,6 +116,8 @@ def markdown(payload: dict, png: str | None) -> str:
                     _kib(max(r["prefill_bytes_received_per_layer"])) if dist else "0",
                     str(max(r["attention_pairs_per_layer"]))
                     if dist
+                    else "n/a"  # full_masked scores fewer pairs; not counted
+                    if m == "full_masked"
                     else str(cfg["context"] * (cfg["context"] + 1) // 2),
                     str(max(r["ffn_tokens"])) if dist else str(cfg["context"]),
                     f"{r['prefill_seconds']:.2f}" if m != "full_masked" else "n/a",
