@@ -29,12 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain script from anywhere
 
 from benchmarks.common import machine_info, write_results  # noqa: E402
+from benchmarks.moe_decode.run import ffn_layers  # noqa: E402
 from densa.inference.moe_path import MoEDecodeFFN  # noqa: E402
 from densa.kernels.timing import device_name, time_interleaved_device  # noqa: E402
-from densa.models.config import ModelConfig  # noqa: E402
-from densa.models.ffn import FeedForward  # noqa: E402
-from densa.sparse_moe.moe_ffn import MoEFeedForward  # noqa: E402
-from densa.sparse_moe.router import CentroidRouter  # noqa: E402
 
 PATHS = ("dense", "moe_reference", "moe_kernel")
 
@@ -42,20 +39,11 @@ PATHS = ("dense", "moe_reference", "moe_kernel")
 def layers(
     dim: int, ffn_dim: int, experts: int, top_k: int, n: int, device: torch.device, dtype: torch.dtype
 ) -> list[dict[str, Any]]:
-    torch.manual_seed(0)
-    config = ModelConfig(
-        vocab_size=8, dim=dim, n_layers=1, n_heads=1, ffn_dim=ffn_dim, activation="relu", gated=False
-    )
+    """run.py's layers (seed 0) on `device` in `dtype`; the kernel path is built after the move."""
     out = []
-    for _ in range(n):
-        ffn = FeedForward(config).eval()
-        with torch.no_grad():
-            for p in ffn.parameters():
-                p.normal_(0.0, dim**-0.5)
-            router = CentroidRouter(dim, experts)
-            router.weight.normal_(0.0, dim**-0.5)
-        moe = MoEFeedForward(ffn, experts, top_k, router).eval().to(device, dtype)
-        dense = ffn.to(device, dtype)  # MoEFeedForward views the dense weights: move both
+    for layer in ffn_layers(dim, ffn_dim, experts, top_k, n, seed=0):
+        moe = layer["moe_reference"].to(device, dtype)
+        dense = layer["dense"].to(device, dtype)  # MoEFeedForward views the dense weights: move both
         out.append({"dense": dense, "moe_reference": moe, "moe_kernel": MoEDecodeFFN(moe)})
     return out
 
