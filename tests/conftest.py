@@ -45,3 +45,24 @@ def _restore_launcher_env():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def ds_world():
+    """One in-process DeepSpeed world (gloo, world 1) per module, torn down after it, so fork-based
+    distributed tests elsewhere never inherit a live process group. The launcher variables are dropped
+    while it lives and the ones that were there put back."""
+    from densa.train.engine import init_distributed, shutdown_distributed
+
+    saved = {k: os.environ.pop(k, None) for k in LAUNCHER_ENV}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add contention on 2 cores
+    world = init_distributed(timeout_s=120)
+    yield world
+    torch.set_num_threads(threads)
+    shutdown_distributed()
+    for k, v in saved.items():  # put back what was there, and drop what init_distributed added
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

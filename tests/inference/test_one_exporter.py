@@ -10,7 +10,6 @@ decoding reaches an end token, with the same tokens.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -30,26 +29,6 @@ SEQ = 32
 # Files a chat export must have; .densa-output differs only in its timestamp.
 EXPECTED = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "chat_template.jinja", "README.md", "model.safetensors"}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def ds_world():
-    """One in-process DeepSpeed world (gloo, world 1) for this module, as tests/train/conftest.py does."""
-    from densa.train.engine import init_distributed, shutdown_distributed
-
-    saved = {
-        k: os.environ.pop(k, None) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    }
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield init_distributed(timeout_s=120)
-    torch.set_num_threads(threads)
-    shutdown_distributed()
-    for k, v in saved.items():  # put back what was there, and drop what init_distributed added
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

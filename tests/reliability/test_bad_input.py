@@ -35,24 +35,6 @@ MODELS_STATES = "deepspeed/mp_rank_00_model_states.pt"
 
 
 @pytest.fixture(scope="module")
-def ds_world():
-    """One in-process gloo world of one for the module (as tests/train/conftest.py's fixture)."""
-    from densa.train.engine import init_distributed, shutdown_distributed
-
-    saved = {k: os.environ.pop(k, None) for k in DIST_ENV}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield init_distributed(timeout_s=120)
-    torch.set_num_threads(threads)
-    shutdown_distributed()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """data/{train,valid}.{bin,idx,json} and data/tok/tokenizer.model (320 ids) in a module folder."""
     from densa.data.preprocess import preprocess

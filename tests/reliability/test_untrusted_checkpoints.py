@@ -85,24 +85,6 @@ def densa(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def ds_world():
-    """One in-process gloo world of one for the module (as tests/train/conftest.py's fixture)."""
-    from densa.train.engine import init_distributed, shutdown_distributed
-
-    saved = {k: os.environ.pop(k, None) for k in DIST_ENV}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield init_distributed(timeout_s=120)
-    torch.set_num_threads(threads)
-    shutdown_distributed()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-@pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> Path:
     """A recipe over tiny tokenized data: ZeRO-1 (so there is an optimizer partition), 2 steps."""
     from densa.data.preprocess import preprocess

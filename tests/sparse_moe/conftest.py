@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-import pytest
 import torch
 
 from densa.models import ModelConfig, Transformer
@@ -44,25 +41,3 @@ def adam_steps(model: Transformer, optimizer: torch.optim.Optimizer, steps: int,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-
-
-@pytest.fixture(scope="module")
-def ds_world():
-    """One in-process DeepSpeed world (gloo, world 1) per module; the launcher variables it sets are dropped
-    afterwards and the ones that were there put back."""
-    from densa.train.engine import init_distributed, shutdown_distributed
-
-    saved = {
-        k: os.environ.pop(k, None) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    }
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    world = init_distributed(timeout_s=120)
-    yield world
-    torch.set_num_threads(threads)
-    shutdown_distributed()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
