@@ -805,7 +805,7 @@ def write_report(base: Path, steps: int) -> None:
 
 
 def plot_series(axes: object, series: dict) -> None:
-    """Dense vs SSD over seeds: mean curves with 95% bands, and each seed's stabilisation steps."""
+    """Dense vs SSD over seeds: mean curves with 95% bands, and each seed's half-rise steps."""
     ax = axes[0]
     styles = {"dense": "-", "ssd": "--"}
     colors = {
@@ -841,7 +841,7 @@ def plot_series(axes: object, series: dict) -> None:
     ax = axes[1]
     for i, (kind, sr) in enumerate(series.items()):
         for j, key in enumerate(KEYS):
-            vals = [v["stabilised"][key] for v in sr["seeds"].values() if v["stabilised"][key] is not None]
+            vals = [v["half_rise"][key] for v in sr["seeds"].values() if v["half_rise"][key] is not None]
             ax.plot(
                 [j + 0.2 * (i - 0.5)] * len(vals),
                 vals,
@@ -851,5 +851,5 @@ def plot_series(axes: object, series: dict) -> None:
                 label=kind if j == 0 else None,
             )
     ax.set_xticks(range(len(KEYS)), KEYS, rotation=30, fontsize=7)
-    ax.set(title="stabilised at step, each seed (circles dense, squares SSD)", ylabel="step")
+    ax.set(title="half-rise step, each seed (circles dense, squares SSD)", ylabel="step")
     ax.legend(fontsize=7)
