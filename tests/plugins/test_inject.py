@@ -111,3 +111,32 @@ def test_plugin_file_roundtrip_and_mismatches(tmp_path) -> None:
         load_plugin(tmp_path / "mapper.safetensors", model, KB, emb[torch.randperm(len(emb))])
     with pytest.raises(PluginError, match="embeddings of another knowledge base"):
         load_embeddings(tmp_path / "emb.safetensors", other_kb)
+
+
+def test_init_mapper_tuned_with_another_mention_form_is_refused(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from densa.errors import DataError
+    from densa.plugins.config import PluginConfig
+    from densa.plugins.recipe import prepare
+
+    torch.manual_seed(0)
+    model = Transformer(tiny_model_config(vocab_size=16))
+    plugin, emb, _, _ = _plugin_and_ids(model)  # new_plugin's default form: slash
+    KB.save(tmp_path / "kb.tsv")
+    save_embeddings(tmp_path / "emb.safetensors", KB, emb)
+    save_plugin(tmp_path / "mapper.safetensors", plugin)
+    settings = dict(enabled=True, kb=str(tmp_path / "kb.tsv"), embeddings=str(tmp_path / "emb.safetensors"))
+    cfg = SimpleNamespace(
+        plugin=PluginConfig(**settings, init_mapper=str(tmp_path / "mapper.safetensors")),
+        run=SimpleNamespace(seed=0),
+    )
+    with pytest.raises(
+        DataError, match="was tuned with mention_form 'slash', this run's plugin.mention_form is 'masked'"
+    ):
+        prepare(cfg, model)
+    same = SimpleNamespace(
+        plugin=PluginConfig(**settings, init_mapper=cfg.plugin.init_mapper, mention_form="slash"), run=cfg.run
+    )
+    prepare(same, model)
+    assert model.knowledge_plugin.mention_form == "slash"
