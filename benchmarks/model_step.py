@@ -14,12 +14,11 @@ process CPU time (which leaves out time a loaded machine gives to other jobs).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from benchmarks.common import machine_info, median, write_results
+from benchmarks.common import machine_info, median, time_interleaved_cpu, write_results
 from densa.models import ModelConfig, Transformer, causal_lm_loss
 from densa.models.hf import densa_to_hf
 
@@ -86,7 +85,7 @@ def bench_size(name: str, batch: int, seq: int, repeats: int) -> dict:
         hf_loss = hf(input_ids=inputs, labels=inputs).loss.item()
         compiled_loss = causal_lm_loss(compiled(inputs)[:, :-1], labels[:, :-1]).item()
     steps = {"densa": densa_step, "densa_compiled": compiled_step, "transformers": hf_step}
-    wall, cpu = _timed(steps, repeats)
+    wall, cpu = time_interleaved_cpu(steps, repeats, warmup=2)  # compiled models compile in their first
     med = {n: median(t) for n, t in wall.items()}
     med_cpu = {n: median(t) for n, t in cpu.items()}
     return {
@@ -109,23 +108,6 @@ def bench_size(name: str, batch: int, seq: int, repeats: int) -> dict:
         "transformers_times_s": wall["transformers"],
         "cpu_times_s": cpu,
     }
-
-
-def _timed(fns: dict, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall and process-CPU seconds per call, interleaved call by call after 2 warm-up calls each (the
-    compiled model compiles in its first)."""
-    for fn in fns.values():
-        fn()
-        fn()
-    wall: dict[str, list[float]] = {n: [] for n in fns}
-    cpu: dict[str, list[float]] = {n: [] for n in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            c, w = time.process_time(), time.perf_counter()
-            fn()
-            wall[name].append(time.perf_counter() - w)
-            cpu[name].append(time.process_time() - c)
-    return wall, cpu
 
 
 def _span(values: list[float]) -> str:

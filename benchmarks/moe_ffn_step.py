@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import machine_info, median, write_results
+from benchmarks.common import machine_info, median, time_interleaved_cpu, write_results
 from benchmarks.moe_ffn_alternatives import ALTERNATIVES
 from densa.models import ModelConfig
 from densa.models.ffn import FeedForward
@@ -76,7 +75,7 @@ def bench_shape(name: str, tokens: int, repeats: int) -> dict:
     quarter = moes[s["experts"] // 4]
     for alt, fn in ALTERNATIVES.items():
         fns[alt] = lambda fn=fn: step(quarter, fn)
-    times, cpu = timed(fns, repeats)
+    times, cpu = time_interleaved_cpu(fns, repeats)
     dense, dense_cpu = median(times["dense"]), median(cpu["dense"])
     alternatives = []
     want = step(quarter)
@@ -120,22 +119,6 @@ def bench_shape(name: str, tokens: int, repeats: int) -> dict:
         "times": times,
         "cpu_times": cpu,
     }
-
-
-def timed(fns: dict[str, Callable[[], object]], repeats: int) -> tuple[dict, dict]:
-    """Wall and process-CPU seconds per call, interleaved call by call after one warm-up call each. CPU
-    time leaves out the time other jobs on a shared machine hold the core (not their cache traffic)."""
-    for fn in fns.values():
-        fn()
-    wall: dict[str, list[float]] = {n: [] for n in fns}
-    cpu: dict[str, list[float]] = {n: [] for n in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            c, w = time.process_time(), time.perf_counter()
-            fn()
-            wall[name].append(time.perf_counter() - w)
-            cpu[name].append(time.process_time() - c)
-    return wall, cpu
 
 
 def routed(moe: MoEFeedForward, x: torch.Tensor, fn: Expert) -> torch.Tensor:

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS_DIR, machine_info, median, write_results  # noqa: E402
+from benchmarks.common import RESULTS_DIR, machine_info, median, time_interleaved_cpu, write_results  # noqa: E402
 from densa.inference import GenerationConfig, InferenceEngine  # noqa: E402
 from densa.inference.moe_path import MoEDecodeFFN  # noqa: E402
 from densa.models.config import ModelConfig  # noqa: E402
@@ -79,22 +79,10 @@ def ffn_layers(dim: int, ffn_dim: int, experts: int, top_k: int, n: int, seed: i
 
 
 def timed(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, dict[str, list[float]]]:
-    """Seconds per call, interleaved call by call: {"cpu": this thread's CPU time, "wall": perf_counter}.
-
-    CPU time leaves out the time the shared machine's scheduler gives to other jobs (all work runs on this
-    thread: 1 torch/OpenMP thread), which wall time on a loaded machine does not.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    out: dict[str, dict[str, list[float]]] = {"cpu": {n: [] for n in fns}, "wall": {n: [] for n in fns}}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            cpu, wall = time.thread_time(), time.perf_counter()
-            fn()
-            out["wall"][name].append(time.perf_counter() - wall)
-            out["cpu"][name].append(time.thread_time() - cpu)
-    return out
+    """Seconds per call, interleaved: {"cpu": this thread's CPU time (all work runs on it: 1 torch/OpenMP
+    thread), "wall": perf_counter}."""
+    wall, cpu = time_interleaved_cpu(fns, repeats, warmup, cpu_clock=time.thread_time)
+    return {"cpu": cpu, "wall": wall}
 
 
 @torch.no_grad()
