@@ -467,6 +467,16 @@ def load_series(base: Path, steps: int) -> dict[str, dict]:
     return out
 
 
+def _per_seed_header(srows: dict) -> list[str]:
+    """Header and rule of a table with one column per (kind, seed), then one mean ± 95% column per kind."""
+    seeds = [f"{k} s{v['seed']}" for k in srows for v in srows[k]["seeds"].values()]
+    means = [f"{k} mean ± 95%" for k in srows]
+    return [
+        "| measure | " + " | ".join(seeds + means) + " |",
+        "| --- |" + " --- |" * (len(seeds) + len(means)),
+    ]
+
+
 def series_markdown(series: dict, srows: dict, frows: dict, steps: int) -> list[str]:
     if not srows:
         return []
@@ -505,12 +515,7 @@ def series_markdown(series: dict, srows: dict, frows: dict, steps: int) -> list[
         "Stabilised at step (from there on the similarity to the final checkpoint stays ≥ "
         f"{100 * STABLE_FRACTION:g}% of its rise); per seed, and mean ± 95% t-interval over seeds:",
         "",
-        "| measure | "
-        + " | ".join(f"{k} s{v['seed']}" for k in srows for v in srows[k]["seeds"].values())
-        + " | "
-        + " | ".join(f"{k} mean ± 95%" for k in srows)
-        + " |",
-        "| --- |" + " --- |" * (sum(len(v["seeds"]) for v in srows.values()) + len(srows)),
+        *_per_seed_header(srows),
     ]
     for key in KEYS:
         cells = [str(v["stabilised"][key]) for k in srows for v in srows[k]["seeds"].values()]
@@ -534,12 +539,7 @@ def series_markdown(series: dict, srows: dict, frows: dict, steps: int) -> list[
         "Half-rise step (the curve first covers half of its rise from the first analysed checkpoint to the "
         "last, interpolated): a continuous timing, finer than the stabilisation step at this spacing.",
         "",
-        "| measure | "
-        + " | ".join(f"{k} s{v['seed']}" for k in srows for v in srows[k]["seeds"].values())
-        + " | "
-        + " | ".join(f"{k} mean ± 95%" for k in srows)
-        + " |",
-        "| --- |" + " --- |" * (sum(len(v["seeds"]) for v in srows.values()) + len(srows)),
+        *_per_seed_header(srows),
     ]
     for key in KEYS:
         cells = [
