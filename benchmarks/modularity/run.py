@@ -15,8 +15,8 @@ Stages (each writes a raw JSON under runs/modularity/, reused unless --redo):
 - emergence: the first, longer dense run (runs/modularity/full/dense, 1600 steps, probes version 1);
 - report: benchmarks/results/modularity.{json,md,png} from the raw files.
 
-    python benchmarks/modularity/pretrain.py --kind dense     # the series (and --kind ssd)
-    python benchmarks/modularity/run.py                   # all stages (1 thread)
+    python benchmarks/modularity/pretrain.py --kind dense --steps 1024    # the series (and --kind ssd)
+    python benchmarks/modularity/run.py --steps 1024 --every 2           # all stages (1 thread)
     python benchmarks/modularity/run.py --stage report    # rewrite the results from the raw files
 """
 
@@ -52,7 +52,8 @@ SERIES_EXPERTS = 16
 KINDS = ("dense", "ssd")
 SEEDS = (0, 1, 2)
 EVERY = 4
-"""The series' emergence reads every 4th of its 32 checkpoints (the shared CPU did not fit all)."""
+"""By default the series' emergence reads every 4th of its 32 checkpoints (the shared CPU did not fit all
+for the 256-step series); `--every 2` reads 16 (the 1024-step series)."""
 
 
 def probes_for(tok: object, folder: Path):
@@ -150,7 +151,9 @@ def _write(raw: Path, fn) -> None:
     print(f"wrote {raw} ({result['wall_seconds']:.0f} s)", flush=True)
 
 
-def stage_series(steps: int, redo: bool, kinds: list[str], what: list[str], seeds: list[int]) -> None:
+def stage_series(
+    steps: int, redo: bool, kinds: list[str], what: list[str], seeds: list[int], every: int = EVERY
+) -> None:
     from benchmarks.modularity.pretrain import series_dir
     from densa.train.checkpoint import is_complete
 
@@ -162,7 +165,7 @@ def stage_series(steps: int, redo: bool, kinds: list[str], what: list[str], seed
                 print(f"[series] {run}: not finished, skipped", flush=True)
                 continue
             tag = f"{kind}-s{seed}"
-            for name, fn in (("emergence", series_emergence), ("final", series_final)):
+            for name, fn in (("emergence", partial(series_emergence, every=every)), ("final", series_final)):
                 raw = out / f"{name}-{tag}.json"
                 if name in what and (redo or not raw.exists()):
                     _write(raw, partial(fn, run, BASE / f"probes-series-v{VERSION}", f"{name} {tag}"))
@@ -208,7 +211,15 @@ def main() -> None:
         default=["emergence", "final"],
         help="series stage: the emergence curves and/or the final checkpoint's analysis",
     )
+    ap.add_argument(
+        "--every",
+        type=int,
+        default=EVERY,
+        help="series stage: analyse every N-th checkpoint (the last included)",
+    )
     args = ap.parse_args()
+    if args.every < 1:
+        raise SystemExit(f"--every {args.every}: must be at least 1")
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.chdir(ROOT)
@@ -222,7 +233,7 @@ def main() -> None:
         if args.stage not in ("all", name):
             continue
         if name == "series":
-            stage_series(args.steps, args.redo, args.kinds, args.what, args.seeds)
+            stage_series(args.steps, args.redo, args.kinds, args.what, args.seeds, args.every)
             continue
         raw = BASE / f"{name}.json"
         if args.redo or not raw.exists():
