@@ -1,9 +1,11 @@
 """The density reference series: data preparation, resumable training of every (size, token budget) run,
 and the scored table the Densing Law fits read (`densa density train-reference`).
 
-A series file (recipes/density/series.yaml) names size recipes, token multiples k (each run trains on
-k·N tokens, N = non-embedding parameters) and folders. A run whose final checkpoint exists is skipped;
-an interrupted run resumes from its newest checkpoint (checkpoint.resume: auto).
+A series file (recipes/density/series.yaml) names size recipes, token budgets and folders. A budget is
+either a fixed token count D (`tokens`: every size on the same grid, so a fixed D0 inside the grid is
+interpolated, not extrapolated) or a multiple k of the size's non-embedding parameters N (`multiples`:
+D = k·N, the paper's {10, ..., 60}·N). A run whose final checkpoint exists is skipped; an interrupted run
+resumes from its newest checkpoint (checkpoint.resume: auto).
 """
 
 from __future__ import annotations
@@ -28,13 +30,29 @@ def _say(message: str) -> None:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """A run's training tokens: `tokens` when set, else `multiple` times its non-embedding parameters."""
+
+    multiple: float | None = None
+    tokens: int | None = None
+
+    def resolve(self, n_params: int) -> float:
+        return float(self.tokens) if self.tokens else float(self.multiple or 0) * n_params
+
+    @property
+    def label(self) -> str:
+        """x5 for 5·N tokens; D1638k for 1,638,400 tokens."""
+        return f"D{self.tokens / 1e3:.0f}k" if self.tokens else f"x{self.multiple:g}"
+
+
+@dataclass(frozen=True)
 class Series:
     path: Path
-    runs: tuple[tuple[str, float], ...]
-    """(size recipe relative to the series file, token multiple k) of every reference run."""
+    runs: tuple[tuple[str, Budget], ...]
+    """(size recipe relative to the series file, token budget) of every reference run."""
     out_dir: str
-    performance: tuple[tuple[str, float], ...] = ()
-    """Extra (recipe, multiple) runs: longer-trained models that only feed the sigmoid S(L)."""
+    performance: tuple[tuple[str, Budget], ...] = ()
+    """Extra runs: longer-trained models that only feed the sigmoid S(L)."""
     d0_multiple: float = 10.0
     """D0 of the inversion, as a multiple of the series' largest N (the paper's D0 = 1T tokens, fixed)."""
     d0_tokens: float | None = None
@@ -49,25 +67,41 @@ class Series:
         """Fixed D0 in tokens: d0_tokens, else d0_multiple times the series' largest N."""
         if self.d0_tokens:
             return self.d0_tokens
-        return self.d0_multiple * max(non_embedding(run_config(self, r, 1.0)) for r in self.recipes)
+        return self.d0_multiple * max(non_embedding(run_config(self, r, Budget(1.0))) for r in self.recipes)
+
+
+def _budgets(entry: dict[str, Any], where: str) -> list[Budget]:
+    """The `tokens` or the `multiples` of a series file or of one of its recipe entries (not both)."""
+    if "tokens" in entry and "multiples" in entry:
+        raise ValueError(f"{where}: give `tokens` or `multiples`, not both")
+    if "tokens" in entry:
+        return [Budget(tokens=int(t)) for t in entry["tokens"]]
+    return [Budget(multiple=float(k)) for k in entry["multiples"]]
+
+
+def _budget(entry: dict[str, Any]) -> Budget:
+    return Budget(tokens=int(entry["tokens"])) if "tokens" in entry else Budget(float(entry["multiple"]))
 
 
 def load_series(path: str | os.PathLike) -> Series:
-    """`recipes` (names, or {recipe, multiples} to override the shared `multiples` for one size),
-    `multiples`, `out_dir`, optional `performance` [{recipe, multiple}], `d0_multiple` or `d0_tokens`."""
+    """`recipes` (names, or {recipe, tokens|multiples} to override the shared budgets for one size), `tokens`
+    (fixed token counts) or `multiples` (k·N), `out_dir`, optional `performance` [{recipe, tokens|multiple}],
+    `d0_tokens` or `d0_multiple`."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        shared = tuple(float(k) for k in raw["multiples"])
+        shared = _budgets(raw, "series")
         runs = []
         for entry in raw["recipes"]:
-            recipe, ks = (entry, shared) if isinstance(entry, str) else (entry["recipe"], entry["multiples"])
-            runs += [(recipe, float(k)) for k in ks]
+            if isinstance(entry, str):
+                runs += [(entry, b) for b in shared]
+            else:
+                runs += [(entry["recipe"], b) for b in _budgets(entry, entry["recipe"])]
         return Series(
             path,
             tuple(runs),
             str(raw["out_dir"]),
-            tuple((p["recipe"], float(p["multiple"])) for p in raw.get("performance") or []),
+            tuple((p["recipe"], _budget(p)) for p in raw.get("performance") or []),
             float(raw.get("d0_multiple", 10.0)),
             float(raw["d0_tokens"]) if raw.get("d0_tokens") else None,
         )
@@ -79,28 +113,27 @@ def non_embedding(cfg: Any) -> int:
     return cfg.model.num_params(include_embeddings=False)
 
 
-def run_name(recipe: str, multiple: float) -> str:
-    return f"{Path(recipe).stem}_x{multiple:g}"
+def run_name(recipe: str, budget: Budget) -> str:
+    return f"{Path(recipe).stem}_{budget.label}"
 
 
 def run_config(
     series: Series,
     recipe: str,
-    multiple: float,
+    budget: Budget,
     out_dir: str | None = None,
     sets: tuple[str, ...] = (),
-    tokens: int | None = None,
 ) -> Any:
-    """The recipe (+ `sets` overrides) with train.steps = ceil(tokens / global_tokens), tokens = multiple·N
-    unless given, its own run dir, auto-resume and one final checkpoint."""
+    """The recipe (+ `sets` overrides) with train.steps = ceil(D / global_tokens), its own run dir,
+    auto-resume and one final checkpoint."""
     from densa.config.load import load_recipe
 
     path = series.path.parent / recipe
     base = load_recipe(path, list(sets))
-    tokens = tokens or multiple * non_embedding(base)
+    tokens = budget.resolve(non_embedding(base))
     steps = max(1, math.ceil(tokens / base.batch.global_tokens))
     warmup = min(base.schedule.warmup_steps, max(1, steps // 10))
-    name = run_name(recipe, multiple)
+    name = run_name(recipe, budget)
     out = out_dir or str(Path(series.out_dir) / name)
     return load_recipe(
         path,
@@ -214,11 +247,11 @@ def train_reference(series_path: str | os.PathLike, cache_dir: str | None = None
     first = run_config(series, *series.runs[0])
     tasks = load_suite(prepare_data(first, cache_dir))
     rows, perf = [], []
-    for recipe, k in series.runs:
-        cfg = run_config(series, recipe, k)
+    for recipe, budget in series.runs:
+        cfg = run_config(series, recipe, budget)
         rows.append(score_checkpoint(cfg, train_run(cfg), tasks))
-    for recipe, k in series.performance:
-        cfg = run_config(series, recipe, k)
+    for recipe, budget in series.performance:
+        cfg = run_config(series, recipe, budget)
         perf.append(score_checkpoint(cfg, train_run(cfg), tasks))
     reference = fit_reference(rows, perf, d0=series.d0)
     reference["tokenizer_fingerprint"] = load_tokenizer(first.data.tokenizer).fingerprint

@@ -17,7 +17,7 @@ from densa.data.sp_train import train_sentencepiece
 from densa.data.tokenizer import load_tokenizer
 from densa.density import Reference, estimate_density, fit_reference, load_suite, score_suite
 from densa.launch.cli import main
-from densa.launch.density_series import load_series, non_embedding, run_config
+from densa.launch.density_series import Budget, load_series, non_embedding, run_config
 from densa.models import ModelConfig, Transformer
 from densa.models.checkpoint_io import save_transformer
 from densa.train.finetune import load_model
@@ -103,13 +103,15 @@ def test_eval_refuses_a_different_tokenizer(setup: tuple[Path, Path], tmp_path: 
 
 def test_series_file_and_recipes(tmp_path: Path) -> None:
     series = load_series(SERIES)
-    assert series.runs[3:6] == (("ref_s1.yaml", 5.0), ("ref_s1.yaml", 10.0), ("ref_s1.yaml", 20.0))
-    assert series.runs[-2:] == (("ref_s2.yaml", 5.0), ("ref_s2.yaml", 10.0))  # a per-size override
-    cfg = run_config(series, "ref_s1.yaml", 5)
-    assert non_embedding(cfg) == 21664 and cfg.train.steps == math.ceil(5 * 21664 / 4096) == 27
-    assert (cfg.schedule.kind, cfg.checkpoint.resume, cfg.run.name) == ("wsd", "auto", "ref_s1_x5")
-    sizes = [non_embedding(run_config(series, r, 1)) for r in series.recipes]
-    assert sizes == sorted(sizes) and series.d0 == 1644160
+    grid = (409600, 819200, 1638400, 3276800)
+    assert series.runs[4:8] == tuple(("ref_s1.yaml", Budget(tokens=t)) for t in grid)
+    cfg = run_config(series, "ref_s1.yaml", Budget(tokens=409600))
+    assert non_embedding(cfg) == 21664 and cfg.train.steps == 409600 // 4096 == 100
+    assert (cfg.schedule.kind, cfg.checkpoint.resume, cfg.run.name) == ("wsd", "auto", "ref_s1_D410k")
+    assert cfg.run.out_dir == "runs/density/reference/ref_s1_D410k" and cfg.checkpoint.interval == 100
+    sizes = [non_embedding(run_config(series, r, Budget(1.0))) for r in series.recipes]
+    assert sizes == sorted(sizes) == [10848, 21664, 70608, 164416]
+    assert series.d0 == 1638400 and min(grid) < series.d0 < max(grid)  # D0 inside the grid
     assert dataclasses.replace(series, d0_tokens=None).d0 == series.d0_multiple * sizes[-1]
     for path in sorted(SERIES.parent.glob("ref_*.yaml")) + [SERIES.parent / "base.yaml"]:
         validate(load_recipe(path), 1, source=path.name)
@@ -117,3 +119,27 @@ def test_series_file_and_recipes(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("recipes: [a.yaml]\n")
     with pytest.raises(Exception, match=r"bad.yaml: not a density series file \(KeyError: 'multiples'\)"):
         load_series(tmp_path / "bad.yaml")
+
+
+def test_series_multiples_and_per_size_budgets(tmp_path: Path) -> None:
+    """The paper's D = k·N budgets, a size's own budgets, and a file that gives both kinds."""
+    for name in ("ref_s0.yaml", "ref_s1.yaml", "base.yaml"):
+        shutil.copy(SERIES.parent / name, tmp_path / name)
+    (tmp_path / "k.yaml").write_text(
+        "recipes: [ref_s0.yaml, {recipe: ref_s1.yaml, tokens: [8192]}]\nmultiples: [5, 10]\n"
+        "out_dir: runs/k\nd0_multiple: 2\n"
+    )
+    series = load_series(tmp_path / "k.yaml")
+    assert series.runs == (
+        ("ref_s0.yaml", Budget(multiple=5.0)),
+        ("ref_s0.yaml", Budget(multiple=10.0)),
+        ("ref_s1.yaml", Budget(tokens=8192)),
+    )
+    cfg = run_config(series, "ref_s0.yaml", Budget(multiple=5.0))
+    assert cfg.train.steps == math.ceil(5 * 10848 / 4096) == 14 and cfg.run.name == "ref_s0_x5"
+    assert run_config(series, "ref_s1.yaml", Budget(tokens=8192)).train.steps == 2
+    assert series.d0 == 2 * 21664  # d0_multiple × the largest size
+    both = "recipes: [ref_s0.yaml]\nmultiples: [5]\ntokens: [8192]\nout_dir: x\n"
+    (tmp_path / "both.yaml").write_text(both)
+    with pytest.raises(Exception, match=r"both.yaml: not a density series file \(ValueError: series: give"):
+        load_series(tmp_path / "both.yaml")
