@@ -18,6 +18,7 @@ _WHERE = {
     "balanced_assignment": "balanced_kmeans",
     "balanced_kmeans": "balanced_kmeans",
     "MoEError": "errors",
+    "activated_params": "inference",
     "load_moe": "inference",
     "moefy": "inference",
     "perplexity": "inference",

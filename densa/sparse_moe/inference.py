@@ -147,6 +147,19 @@ def load_moe(
     return model.to(device=device).eval()
 
 
+def activated_params(model: Transformer) -> int:
+    """Non-embedding parameters one token runs through (ModelConfig.num_params' count, without embeddings
+    or output head, plus the routers): every MoE FFN's expert weights count for top_k of num_experts."""
+    routers = sum(p.numel() for name, p in model.named_parameters() if ".router." in name)
+    total = model.config.num_params(include_embeddings=False) + routers
+    for ffn in ffn_modules(model):
+        if isinstance(ffn, MoEFeedForward):
+            projections = [getattr(ffn, n, None) for n in ("gate_up_proj", "up_proj", "down_proj")]
+            experts = sum(m.weight.numel() for m in projections if m is not None)
+            total -= experts - experts * ffn.top_k // ffn.num_experts
+    return total
+
+
 @torch.no_grad()
 def perplexity(model: Transformer, sequences: Iterable[torch.Tensor]) -> float:
     """exp(mean next-token loss) over `sequences`, each [B, T+1] token ids."""

@@ -143,3 +143,31 @@ def test_series_multiples_and_per_size_budgets(tmp_path: Path) -> None:
     (tmp_path / "both.yaml").write_text(both)
     with pytest.raises(Exception, match=r"both.yaml: not a density series file \(ValueError: series: give"):
         load_series(tmp_path / "both.yaml")
+
+
+def test_eval_runs_an_moe_folder_at_its_top_k(
+    setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An MoE folder is scored with its routing, and N counts the parameters a token activates."""
+    from densa.sparse_moe.inference import load_moe, moefy, save_moe
+
+    folder, reference = setup
+    model = load_model(folder)
+    layouts = moefy(model, num_experts=4, top_k=1)
+    moe = save_moe(
+        tmp_path / "moe", model, layouts, add_files=lambda d: shutil.copy(folder / "tokenizer.model", d)
+    )
+    assert (
+        main(["density", "eval", str(moe), "--reference", str(reference), "--n-boot", "20", "--via", "loss"])
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    cfg = model.config  # dim 32, 2 layers, SwiGLU d_ffn 64: 3·32·64 expert weights per layer, 1 of 4 active
+    routers = sum(p.numel() for n, p in model.named_parameters() if "router" in n)
+    assert out["n_params"] == cfg.num_params(include_embeddings=False) + routers - 2 * 3 * 32 * 64 * 3 // 4
+    data = json.loads(reference.read_text())
+    tasks, encode = load_suite(data["tasks_dir"]), load_tokenizer(folder / "tokenizer.model").encode
+    routed, dense = score_suite(load_moe(moe), encode, tasks), score_suite(load_model(folder), encode, tasks)
+    assert (
+        out["loss"] == pytest.approx(routed.loss, rel=1e-9) and abs(routed.loss - dense.loss) > 1e-5
+    )  # top-1 of 4 changes it

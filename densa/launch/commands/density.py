@@ -23,11 +23,17 @@ def register(subparsers) -> None:
     t.set_defaults(handler=_train_reference)
 
     e = sub.add_parser("eval", help="density ρ = N̂/N of a run, checkpoint or HF folder, with an interval")
-    e.add_argument("model", help="run dir, RUN/checkpoints/step_N, densa model folder or HF folder")
+    e.add_argument(
+        "model",
+        help="run dir, RUN/checkpoints/step_N, densa model folder, MoE folder (densa moefy) or HF folder",
+    )
     e.add_argument("--reference", default=DEFAULT_REFERENCE, help="reference.json of train-reference")
     e.add_argument("--tokenizer", default=None, help="default: the model's own")
     e.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates")
-    e.add_argument("--params", type=float, default=None, help="N to divide by (default: non-embedding count)")
+    e.add_argument(
+        "--params", type=float, default=None,
+        help="N to divide by (default: non-embedding count; for an MoE folder, the parameters a token uses)",
+    )  # fmt: skip
     e.add_argument(
         "--via", choices=["score", "loss"], default="score",
         help="invert the score through the sigmoid (the paper), or the conditional loss directly",
@@ -65,9 +71,12 @@ def evaluate(model_path: str, reference: str, tokenizer: str | None = None, **kw
             f"the one the reference series and its tasks were scored with ({want[:12]}): "
             "per-token conditional losses are not comparable"
         )
-    model = load_model(model_path)
+    from densa.sparse_moe.inference import activated_params, is_moe_checkpoint, load_moe
+
+    moe = is_moe_checkpoint(model_path)
+    model = load_moe(model_path) if moe else load_model(model_path)  # an MoE folder runs its top-k
     scored = score_suite(model, tok.encode, load_suite(data["tasks_dir"]), max_len=model.config.max_seq_len)
-    n = kw.pop("params", None) or model.config.num_params(include_embeddings=False)
+    n = kw.pop("params", None) or (activated_params(model) if moe else model.config.num_params(False))
     found = estimate_density(Reference.from_dict(data), n, scored.loss, scored.score, **kw)
     return {"model": str(model_path), **found.to_dict(), "tasks": scored.tasks}
 
