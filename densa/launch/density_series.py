@@ -125,7 +125,7 @@ def run_config(
     sets: tuple[str, ...] = (),
 ) -> Any:
     """The recipe (+ `sets` overrides) with train.steps = ceil(D / global_tokens), its own run dir,
-    auto-resume and one final checkpoint."""
+    auto-resume and a checkpoint every quarter of the run (the recipe keeps the last)."""
     from densa.config.load import load_recipe
 
     path = series.path.parent / recipe
@@ -144,7 +144,7 @@ def run_config(
             f"run.out_dir={out}",
             f"run.name={Path(out).name}",
             "checkpoint.resume=auto",
-            f"checkpoint.interval={steps}",
+            f"checkpoint.interval={max(1, steps // 4)}",  # resumable within a run; keep_last keeps one
         ],
     )
 

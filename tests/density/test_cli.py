@@ -108,7 +108,7 @@ def test_series_file_and_recipes(tmp_path: Path) -> None:
     cfg = run_config(series, "ref_s1.yaml", Budget(tokens=409600))
     assert non_embedding(cfg) == 21664 and cfg.train.steps == 409600 // 4096 == 100
     assert (cfg.schedule.kind, cfg.checkpoint.resume, cfg.run.name) == ("wsd", "auto", "ref_s1_D410k")
-    assert cfg.run.out_dir == "runs/density/reference/ref_s1_D410k" and cfg.checkpoint.interval == 100
+    assert cfg.run.out_dir == "runs/density/reference/ref_s1_D410k" and cfg.checkpoint.interval == 25
     sizes = [non_embedding(run_config(series, r, Budget(1.0))) for r in series.recipes]
     assert sizes == sorted(sizes) == [10848, 21664, 70608, 164416]
     assert series.d0 == 1638400 and min(grid) < series.d0 < max(grid)  # D0 inside the grid
