@@ -4,7 +4,7 @@ Exports a reference run with `densa export`, runs `lm_eval.simple_evaluate` (mod
 densa pretrains without BOS) on every density task, and compares each request's log-likelihood and each
 task's accuracy with `densa.density.scoring` on the same requests. Needs `pip install -e .[eval]`.
 
-    python benchmarks/densing/lmeval_check.py [--run runs/density/reference/ref_s1_x20]
+    python benchmarks/densing/lmeval_check.py [--run runs/density/reference/ref_s1_D1638k]
 
 Writes benchmarks/results/densing_lmeval.{json,md}.
 """
@@ -36,7 +36,7 @@ def _pairs(arguments: object) -> list:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="runs/density/reference/ref_s1_x20")
+    parser.add_argument("--run", default="runs/density/reference/ref_s1_D1638k")
     parser.add_argument("--out", default="runs/density/lmeval_hf")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -9,7 +9,21 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import RESULTS_DIR, machine_info, write_results
-from benchmarks.densing.run import NAME, OUT, PARENT, REFERENCE, cfg_of, models, pruned, retrained_cfg
+from benchmarks.densing.run import (
+    EXPERTS,
+    MOEFIED,
+    NAME,
+    OUT,
+    PARENT,
+    REFERENCE,
+    TOP_K,
+    cfg_of,
+    models,
+    moefied,
+    prosparse_cfg,
+    pruned,
+    retrained_cfg,
+)
 from densa.density import DensityError, Reference, estimate_density, load_suite
 from densa.launch.density_series import final_checkpoint, score_checkpoint
 
@@ -29,28 +43,63 @@ def _density(ref: Reference, row: dict) -> dict:
     return out
 
 
+def score_moe(folder: Path, cfg: Any, tasks: list, tokens: int) -> dict[str, Any]:
+    """Loss and score of an MoE folder at its top-k; N counts the parameters a token activates (attention,
+    norms, routers and TOP_K of EXPERTS experts per layer). Cached in FOLDER/density_score.json."""
+    cache = folder / "density_score.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from densa.data.tokenizer import load_tokenizer
+    from densa.density.scoring import score_suite
+    from densa.sparse_moe.inference import activated_params, load_moe
+
+    model = load_moe(folder)
+    s = score_suite(model, load_tokenizer(cfg.data.tokenizer).encode, tasks, max_len=cfg.model.max_seq_len)
+    n_total = model.config.num_params(include_embeddings=False)
+    row = {"name": folder.name, "N": activated_params(model), "N_total": n_total, "D": tokens}
+    row |= {"loss": s.loss, "score": s.score, "tasks": s.tasks}
+    cache.write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
 def scored_models(series: Any, tasks: list) -> tuple[list[dict], list[str]]:
+    """Every model of run.models plus the derived ones (pruned, retrained, ProSparse, MoEfied) that exist."""
     rows, missing = [], []
     specs = models(int(series.d0))
+    done: dict[str, dict] = {}
     for name, spec in specs.items():
         cfg = cfg_of(series, name, spec)
         found = final_checkpoint(cfg)
         if found is None:
             missing.append(name)
             continue
-        rows.append({**score_checkpoint(cfg, found, tasks), "name": name, "group": spec["group"]})
-        if name == PARENT:
-            folder, _ = pruned(series)
-            row = score_checkpoint(cfg, folder, tasks)
-            rows.append({**row, "name": "pruned50_s1", "group": "magnitude-pruned 50%, no retraining"})
-            rcfg = retrained_cfg(series, folder)
-            done = final_checkpoint(rcfg)
-            if done is None:
-                missing.append("pruned50_s1_retrained")
-            else:
-                row = score_checkpoint(rcfg, done, tasks)
-                row["D"] = row["D"] + rows[-2]["D"]
-                rows.append({**row, "name": "pruned50_s1_retrained", "group": "pruned 50% + retrained D0/4"})
+        done[name] = {**score_checkpoint(cfg, found, tasks), "name": name, "group": spec["group"]}
+        rows.append(done[name])
+    if PARENT in done:
+        parent = cfg_of(series, PARENT, specs[PARENT])
+        folder, _ = pruned(series)
+        row = score_checkpoint(parent, folder, tasks)
+        rows.append({**row, "name": "pruned50_s1", "group": "magnitude-pruned 50%, no retraining"})
+        derived = [
+            (retrained_cfg(series, folder), "pruned50_s1_retrained", "pruned 50% + retrained D0/4"),
+            (prosparse_cfg(series), "prosparse_s1", "ProSparse: ReGLU + L1, finetuned D0/4"),
+        ]
+        for cfg, name, group in derived:
+            found = final_checkpoint(cfg)
+            if found is None:
+                missing.append(name)
+                continue
+            row = score_checkpoint(cfg, found, tasks)
+            row["D"] += done[PARENT]["D"]  # the parent's tokens and the continuation's
+            rows.append({**row, "name": name, "group": group})
+    for name, source in MOEFIED.items():
+        if source not in done:
+            missing.append(name)
+            continue
+        cfg = cfg_of(series, source, specs[source])
+        row = score_moe(moefied(series, name), cfg, tasks, done[source]["D"])
+        group = f"{source} MoEfied, top-{TOP_K} of {EXPERTS} experts (N: activated)"
+        rows.append({**row, "name": name, "group": group})
     return rows, missing
 
 
@@ -65,23 +114,33 @@ def _cmp(a: dict, b: dict, op: str) -> dict[str, Any]:
     return out
 
 
+def _holds(by: dict, a: str, b: str, op: str) -> dict[str, Any] | None:
+    return _cmp(by[a], by[b], op) if a in by and b in by else None
+
+
 def claims(rows: list[dict]) -> dict[str, Any]:
     by = {r["name"]: r for r in rows if "rho_loss" in r}
     out: dict[str, Any] = {}
     calib = [r for r in by.values() if r["group"].startswith("calibration")]
     out["calibration_rho_loss_in_0.8_1.25"] = {r["name"]: 0.8 <= r["rho_loss"] <= 1.25 for r in calib}
     out["calibration_rho_in_0.8_1.25"] = {r["name"]: 0.8 <= r["rho"] <= 1.25 for r in calib if "rho" in r}
-    base = by.get(PARENT)
-    if base:
-        for name in ("ref_s1@2D0", "mix90_s1@D0"):
-            if name in by:
-                out[f"{name}_denser_than_{PARENT}"] = _cmp(by[name], base, ">")
-                out[f"{name}_rho_loss_above_1"] = by[name]["rho_loss"] > 1
-        for name in ("pruned50_s1", "pruned50_s1_retrained"):
-            if name in by:
-                out[f"{name}_less_dense_than_parent"] = _cmp(by[name], base, "<")
-    if "relu2_s1_x20" in by and "ref_s1_x20" in by:
-        out["relu2_denser_than_swiglu_equal_tokens"] = _cmp(by["relu2_s1_x20"], by["ref_s1_x20"], ">")
+    pairs = [  # (claim, model, compared with, direction)
+        ("longer_trained_denser", "ref_d48L2@2D0", "ref_d48L2@D0", ">"),
+        ("better_mix_denser", "mix90_s1@D0", PARENT, ">"),
+        ("relu2_denser_than_swiglu_equal_tokens", "relu2_s1@D0", PARENT, ">"),
+        ("ssd_denser_than_dense_reglu", "ssd_s1@D0", "reglu_s1@D0", ">"),
+        ("prosparse_less_dense_than_parent", "prosparse_s1", PARENT, "<"),
+        ("pruned_less_dense_than_parent", "pruned50_s1", PARENT, "<"),
+        ("pruned_retrained_less_dense_than_parent", "pruned50_s1_retrained", PARENT, "<"),
+        ("moefied_ssd_denser (activated N)", "moefied_ssd_s1@D0", "moefied_reglu_s1@D0", ">"),
+    ]
+    for claim, a, b, op in pairs:
+        held = _holds(by, a, b, op)
+        if held is not None:
+            out[f"{claim}: {a} {op} {b}"] = held
+    for name in ("ref_d48L2@2D0", "mix90_s1@D0"):
+        if name in by:
+            out[f"{name}_rho_loss_above_1"] = by[name]["rho_loss"] > 1
     if by:
         best = min(by.values(), key=lambda r: r["loss"])
         densest = max(by.values(), key=lambda r: r["rho_loss"])
@@ -117,13 +176,13 @@ def plots(ref_data: dict, ref: Reference, rows: list[dict]) -> list[str]:
     fig.savefig(PLOTS / "sigmoid.png", dpi=120)
     written.append("sigmoid.png")
     fig, ax = plt.subplots(figsize=(6, 4))
-    for k in sorted({round(r["D"] / r["N"]) for r in pts}):
-        sel = sorted((r for r in pts if round(r["D"] / r["N"]) == k), key=lambda r: r["N"])
-        (line,) = ax.plot([r["N"] for r in sel], [r["loss"] for r in sel], "o", label=f"D = {k}·N")
-        ns = np.geomspace(min(r["N"] for r in pts) * 0.8, max(r["N"] for r in pts) * 1.2, 50)
-        ax.plot(ns, ref.law.predict(ns, k * ns), "-", c=line.get_color(), lw=0.8)
     ns = np.geomspace(min(r["N"] for r in pts) * 0.8, max(r["N"] for r in pts) * 1.2, 50)
-    ax.plot(ns, ref.law.predict(ns, ref.d0), "k--", lw=1, label=f"D0 = {ref.d0:.3g}")
+    for d in sorted({r["D"] for r in pts}):
+        sel = sorted((r for r in pts if r["D"] == d), key=lambda r: r["N"])
+        (line,) = ax.plot([r["N"] for r in sel], [r["loss"] for r in sel], "o", label=f"D = {d:.3g}")
+        ax.plot(ns, ref.law.predict(ns, np.full_like(ns, d)), "-", c=line.get_color(), lw=0.8)
+    calib = [r for r in rows if r["group"].startswith("calibration")]
+    ax.scatter([r["N"] for r in calib], [r["loss"] for r in calib], marker="^", c="tab:red", label="held out")
     ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="conditional loss L", title="L(N, D)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -194,8 +253,6 @@ def report(series: Any) -> None:
     ref = Reference.from_dict(ref_data)
     tasks = load_suite(ref_data["tasks_dir"])
     rows, missing = scored_models(series, tasks)
-    swiglu = next(r for r in ref_data["reference"] if r["name"] == "ref_s1_x20")
-    rows.append({**swiglu, "group": "reference run (in the fit): SwiGLU at 20·N"})
     rows = [_density(ref, r) for r in rows]
     payload = {
         "config": {"series": "recipes/density/series.yaml", "out": OUT, "n_boot": 200},

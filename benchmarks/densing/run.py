@@ -1,18 +1,23 @@
 """Densing Law at toy scale: densities of models against densa's reference series (recipes/density/).
 
 Needs `densa density train-reference` first (runs/density/reference/reference.json). Every model here is
-trained on the series' data mixture with the series' WSD recipe, at D0 tokens unless said otherwise:
+trained on the series' data mixture with the series' WSD recipe, at D0 tokens unless said otherwise. The
+series' own ref_s1 run at D0 (SwiGLU, 22k non-embedding parameters) is the parent of the variants:
 
-- calibration: reference-recipe models held out of every fit (a size not in the series, and series sizes at
-  D0 tokens) — their ρ should be ≈ 1;
-- longer-trained: the smallest size at 2·D0 tokens;
+- calibration: reference-recipe models of sizes not in the series (d 48 with 2 and 4 layers, between
+  the series' sizes), at D0 — their ρ should be ≈ 1;
+- longer-trained: the held-out d48L2 size at 2·D0 tokens;
 - better data mix: ref_s1 at D0 with 90% facts/reasoning text instead of 70%;
-- ReLU² vs SwiGLU: ref_s1's shape with a plain ReLU² FFN (d_ffn 1.5× for parameter parity) vs the SwiGLU
-  reference run ref_s1_x20, both on 20·N tokens;
-- magnitude pruning: 50% of every non-embedding matrix of the SwiGLU ref_s1@D0 zeroed, with and without
-  retraining (D0/4 tokens, masks kept); N counts the non-zero non-embedding weights.
+- ReLU² vs SwiGLU: ref_s1's shape with a plain ReLU² FFN (d_ffn 1.5× for parameter parity), equal tokens;
+- SSD: ref_s1's shape with a ReGLU FFN trained with SSD (8 experts, top-2) against the same ReGLU model
+  trained densely;
+- MoEfied at k/E = 1/4: both ReGLU models split into 8 experts (k-means) and run at top-2; N counts the
+  parameters a token activates (attention, routers and 2 of 8 experts);
+- ProSparse: the parent finetuned for D0/4 tokens with ReGLU and a progressive L1 penalty;
+- magnitude pruning: 50% of every non-embedding matrix of the parent zeroed, with and without retraining
+  (D0/4 tokens, masks kept); N counts the non-zero non-embedding weights.
 
-    python benchmarks/densing/run.py train     # train the models (resumable; ~20 min on one free core)
+    python benchmarks/densing/run.py train     # train the models (resumable; ~15 min on one free core)
     python benchmarks/densing/run.py report    # score, estimate densities, write results + plots
 
 Writes benchmarks/results/densing.{json,md} and benchmarks/results/densing/*.png.
@@ -31,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from densa.launch.density_series import load_series, run_config, train_run  # noqa: E402
+from densa.launch.density_series import Budget, load_series, run_config, train_run  # noqa: E402
 from densa.train.callbacks import Callback  # noqa: E402
 
 NAME = "densing"
@@ -40,42 +45,59 @@ OUT = "runs/density/bench"
 REFERENCE = "runs/density/reference/reference.json"
 DATA = "runs/density/data"
 RELU2 = ("model.activation=relu2", "model.gated=false", "model.ffn_dim=120")
+REGLU = ("model.activation=relu",)
+SSD = (
+    *REGLU,
+    "ssd.enabled=true",
+    "ssd.num_experts=8",
+    "ssd.top_k=2",
+    "ssd.interval=10",
+    "ssd.stability_metric=ari",
+    "ssd.stability_threshold=0.9",
+    "ssd.sparse_steps=20",
+    "ssd.final_dense_fraction=0.2",
+    "ssd.router_lr=1e-3",
+)
 MIX90 = (
     f"data.train=[{{path: {DATA}/synthetic_train, weight: 0.9}}, "
     f"{{path: {DATA}/shakespeare_train, weight: 0.1}}]",
 )
 PRUNE = 0.5
+EXPERTS, TOP_K = 8, 2
 PARENT = "ref_s1@D0"
+MOEFIED = {"moefied_reglu_s1@D0": "reglu_s1@D0", "moefied_ssd_s1@D0": "ssd_s1@D0"}
 
 
 def models(d0: int) -> dict[str, dict[str, Any]]:
-    """name → recipe, token count, overrides, group (in training order: the cheapest, most telling first)."""
+    """name → recipe, token count, overrides, group (in training order: the cheapest, most telling first).
+    `series: True` names a run of the reference series itself (trained by train-reference)."""
+    s1, s2 = "ref_s1.yaml", "ref_s2.yaml"
+    l2, l4 = ("model.n_layers=2",), ("model.n_layers=4",)
+
+    def spec(recipe: str, tokens: int, group: str, sets: tuple[str, ...] = (), **kw: Any) -> dict[str, Any]:
+        return {"recipe": recipe, "tokens": tokens, "group": group, "sets": sets, **kw}
+
     return {
-        "ref_s1@D0": {"recipe": "ref_s1.yaml", "tokens": d0, "group": "calibration; SwiGLU; pruning parent"},
-        "relu2_s1_x20": {
-            "recipe": "ref_s1.yaml",
-            "tokens": 20 * 21664,
-            "group": "ReLU² (vs SwiGLU ref_s1_x20, equal tokens)",
-            "sets": RELU2,
-        },
-        "ref_d48L2@D0": {
-            "recipe": "ref_s2.yaml",
-            "tokens": d0,
-            "group": "calibration (size not in the series)",
-            "sets": ("model.n_layers=2",),
-        },  # fmt: skip
-        "mix90_s1@D0": {"recipe": "ref_s1.yaml", "tokens": d0, "group": "better data mix", "sets": MIX90},
-        "ref_s1@2D0": {"recipe": "ref_s1.yaml", "tokens": 2 * d0, "group": "longer-trained"},
-        "ref_s2@D0": {"recipe": "ref_s2.yaml", "tokens": d0, "group": "calibration"},
+        PARENT: spec(s1, d0, "series run (in the fit): SwiGLU parent", series=True),
+        "ref_d48L2@D0": spec(s2, d0, "calibration (size not in the series)", l2),
+        "ref_d48L4@D0": spec(s2, d0, "calibration (size not in the series)", l4),
+        "relu2_s1@D0": spec(s1, d0, "ReLU² (vs SwiGLU parent, equal tokens)", RELU2),
+        "mix90_s1@D0": spec(s1, d0, "better data mix", MIX90),
+        "reglu_s1@D0": spec(s1, d0, "ReGLU, dense training", REGLU),
+        "ssd_s1@D0": spec(s1, d0, "ReGLU, SSD training (8 experts, top-2)", SSD),
+        "ref_d48L2@2D0": spec(s2, 2 * d0, "longer-trained (2·D0)", l2),
     }
+
+
+def cfg_of(series: Any, name: str, spec: dict[str, Any]) -> Any:
+    budget = Budget(tokens=spec["tokens"])
+    if spec.get("series"):
+        return run_config(series, spec["recipe"], budget)
+    return run_config(series, spec["recipe"], budget, run_dir(name), spec.get("sets", ()))
 
 
 def run_dir(name: str) -> str:
     return f"{OUT}/{name.replace('@', '_at_')}"
-
-
-def cfg_of(series: Any, name: str, spec: dict[str, Any]) -> Any:
-    return run_config(series, spec["recipe"], 0, run_dir(name), spec.get("sets", ()), spec["tokens"])
 
 
 class KeepMasks(Callback):
@@ -104,13 +126,17 @@ def magnitude_prune(model: torch.nn.Module, fraction: float) -> dict[str, torch.
     return masks
 
 
+def parent_checkpoint(series: Any) -> Path:
+    """The series' own ref_s1 run at D0 (trained by train-reference; trained here if it is missing)."""
+    return train_run(cfg_of(series, PARENT, models(int(series.d0))[PARENT]))
+
+
 def pruned(series: Any) -> tuple[Path, dict[str, torch.Tensor]]:
     """The parent with 50% of each non-embedding matrix zeroed by magnitude (saved once), and its masks."""
     from densa.models.checkpoint_io import save_transformer
     from densa.train.finetune import load_model
 
-    parent = cfg_of(series, PARENT, models(int(series.d0))[PARENT])
-    model = load_model(train_run(parent))
+    model = load_model(parent_checkpoint(series))
     masks = magnitude_prune(model, PRUNE)
     folder = Path(OUT, "pruned_s1")
     if not folder.exists():
@@ -118,19 +144,54 @@ def pruned(series: Any) -> tuple[Path, dict[str, torch.Tensor]]:
     return folder, masks
 
 
+def finetune_cfg(series: Any, name: str, sets: tuple[str, ...]) -> Any:
+    """A D0/4-token continuation of ref_s1's recipe (init.from_path in `sets`) into OUT/name."""
+    return run_config(series, "ref_s1.yaml", Budget(tokens=int(series.d0) // 4), run_dir(name), sets)
+
+
 def retrained_cfg(series: Any, folder: Path) -> Any:
-    sets = (f"init.from_path={folder}",)
-    return run_config(series, "ref_s1.yaml", 0, f"{OUT}/pruned_s1_retrained", sets, int(series.d0) // 4)
+    return finetune_cfg(series, "pruned50_s1_retrained", (f"init.from_path={folder}",))
+
+
+def prosparse_cfg(series: Any) -> Any:
+    """ProSparse on the parent: ReGLU, progressive L1 on the FFN activations (docs/sparsity.md)."""
+    sets = (
+        f"init.from_path={parent_checkpoint(series)}",
+        "sparsity.prosparse.enabled=true",
+        "sparsity.prosparse.activation=relu",
+        "sparsity.prosparse.l1_stages=[[30, 0.02], [80, 0.1]]",
+    )
+    return finetune_cfg(series, "prosparse_s1", sets)
+
+
+def moefied(series: Any, name: str) -> Path:
+    """MOEFIED[name]'s final model split into EXPERTS k-means experts, run at top-TOP_K (saved once)."""
+    from densa.sparse_moe.inference import moefy, save_moe
+    from densa.train.finetune import load_model
+
+    folder = Path(run_dir(name))
+    if not folder.exists():
+        source = MOEFIED[name]
+        model = load_model(train_run(cfg_of(series, source, models(int(series.d0))[source])))
+        layouts = moefy(model, EXPERTS, TOP_K)
+        save_moe(folder, model, layouts)
+    return folder
 
 
 def train_all(series: Any, only: list[str] | None = None) -> None:
-    """Train every model (or those in `only`; "pruned" names the pruning + retraining step) in order."""
-    for i, (name, spec) in enumerate(models(int(series.d0)).items()):
-        if only is None or name in only:
+    """Train every model (or those in `only`; "pruned", "prosparse" and "moefied" name the derived
+    models), then prune/retrain, ProSparse-finetune and MoEfy."""
+    for name, spec in models(int(series.d0)).items():
+        if (only is None or name in only) and not spec.get("series"):
             train_run(cfg_of(series, name, spec))
-        if (only is None and i == 1) or (only and "pruned" in only and name == PARENT):
-            folder, masks = pruned(series)  # pruning, then retraining with the masks kept
-            train_run(retrained_cfg(series, folder), callbacks=(KeepMasks(masks),))
+    if only is None or "pruned" in only:
+        folder, masks = pruned(series)  # pruning, then retraining with the masks kept
+        train_run(retrained_cfg(series, folder), callbacks=(KeepMasks(masks),))
+    if only is None or "prosparse" in only:
+        train_run(prosparse_cfg(series))
+    if only is None or "moefied" in only:
+        for name in MOEFIED:
+            moefied(series, name)
 
 
 def main() -> int:
