@@ -16,6 +16,15 @@ summed over the layer's heads (one selection per layer and batch row); the top-`
 from the offload store through an LRU device cache (densa.longctx.infllm_memory).
 
 When the whole input fits in the window nothing reaches memory and the result is full attention exactly.
+
+`memory_positions="ordered"` (densa's extension, not the paper's): the constant distance loses the order of
+the retrieved units (two occurrences of one key look alike), so instead the chosen units are laid out
+contiguously in their original order just before the remainder, the sinks just before them, and the
+queries, the window and the remainder keep their true positions (`ordered_positions`). A query's largest
+memory distance is then below n_init + topk·block_size + block_size + exc_block_size + n_local, inside the
+trained range when that is. Keys stay stored unrotated and are rotated at their assigned positions per
+block; the lookup still scores representatives at the constant distance (the positions depend on the
+choice). With topk ≥ all units the layout is the true one: full attention.
 Ablations: `memory_positions="original"` rotates memory at its true positions (with topk ≥ all units this
 is full attention again), `representative="mean"|"random"` replaces the top-mass choice.
 """
@@ -34,7 +43,7 @@ from densa.longctx.infllm_memory import UnitCache, UnitStore
 from densa.models.rope import apply_rotary
 from densa.models.transformer import Transformer
 
-POSITIONS = ("constant", "original")
+POSITIONS = ("constant", "ordered", "original")
 REPRESENTATIVES = ("attention", "mean", "random")
 
 
@@ -131,6 +140,18 @@ class InfLLMStats:
             k: v for k, v in vars(self).items() if k not in ("lookup_log", "attended_sum", "attended_count")
         }
         return out | {"attended_mean": self.attended_mean, "hit_rate": self.hit_rate}
+
+
+def ordered_positions(
+    n_sinks: int, recent_start: int, n_chosen: int, block_size: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`memory_positions="ordered"`: positions of the sinks [n_sinks] and of the chosen units' tokens
+    [n_chosen · block_size] (units in the order given, i.e. ascending = original order): laid out
+    contiguously, sinks then units, ending just before `recent_start`, the true position of the first
+    token not in a unit (the remainder and the window follow at their true positions)."""
+    unit_start = recent_start - n_chosen * block_size
+    sinks = torch.arange(unit_start - n_sinks, unit_start, device=device)
+    return sinks, torch.arange(unit_start, recent_start, device=device)
 
 
 def unit_representative(
@@ -307,13 +328,21 @@ class InfLLMContext:
         far_mask = (pos[:, None] - key_pos[None, :hi] >= cfg.n_local).expand(batch, n, -1)
 
         chosen = self._lookup(layer, mem, q, first)
+        unit_pos = None  # "ordered": positions of the chosen units' tokens, shared by the rows
         if cfg.memory_positions == "constant":
             cos_d, sin_d = rope(torch.tensor([cfg.distance], device=q.device), q.dtype)
             q_mem, mem_keys = apply_rotary(q, cos_d, sin_d), [keys[:, :, :hi]]
         else:
-            far = keys[:, :, :hi]
+            far, far_pos = keys[:, :, :hi], key_pos[:hi]
+            if cfg.memory_positions == "ordered":
+                n_sinks = 0 if mem.init_k is None else mem.init_k.shape[2]
+                n_chosen = 0 if chosen is None else chosen.shape[1]
+                sink_pos, unit_pos = ordered_positions(
+                    n_sinks, mem.recent_start, n_chosen, cfg.block_size, q.device
+                )
+                far_pos = torch.cat([sink_pos, far_pos[n_sinks:]])[:hi]
             if hi:  # rope() needs at least one position
-                far = apply_rotary(far, *rope(key_pos[:hi], keys.dtype))
+                far = apply_rotary(far, *rope(far_pos, keys.dtype))
             q_mem, mem_keys = q_rot, [far]
         mem_values, masks = [values[:, :, :hi]], [far_mask]
         if chosen is not None:
@@ -323,9 +352,9 @@ class InfLLMContext:
                     cfg.n_init
                     + chosen[..., None] * cfg.block_size
                     + torch.arange(cfg.block_size, device=q.device)
-                )
-                cos_u, sin_u = rope(unit_pos.flatten(1), uk.dtype)  # [B, 1, k * block, D]
-                uk = apply_rotary(uk, cos_u, sin_u)
+                ).flatten(1)  # [B, k * block]: cos/sin [B, 1, k * block, D]
+            if unit_pos is not None:
+                uk = apply_rotary(uk, *rope(unit_pos, uk.dtype))
             mem_keys.append(uk)
             mem_values.append(uv)
             masks.append(torch.ones(batch, n, uk.shape[2], dtype=torch.bool, device=q.device))

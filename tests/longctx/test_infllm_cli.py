@@ -74,3 +74,14 @@ def test_engine_batches_under_infllm():
     alone = [engine.generate([p], greedy, kv_policy="infllm", kv_chunk=8, kv_options=opts) for p in prompts]
     assert [g.token_ids for g in both.generations] == [a.generations[0].token_ids for a in alone]
     assert len(both.stats.kv) == 2 and both.stats.kv[0].memory["units"] > 0
+
+
+def test_infllm_ordered_memory_positions_from_the_cli(model_dir, capsys):
+    opts = ["n_local=8", "n_init=2", "block_size=4", "topk=2", "repr_topk=2", "exc_block_size=4"]
+    extra = ["--kv-policy", "infllm", "--chunk", "8"] + [a for o in opts for a in ("--kv-option", o)]
+    code, out, err = generate(capsys, model_dir, *extra, "--kv-option", "memory_positions=ordered")
+    assert code == 0 and out.strip() and re.search(r"[1-9]\d* memory units", err), err
+    code, _, err = generate(
+        capsys, model_dir, "--kv-policy", "infllm", "--kv-option", "memory_positions=sorted"
+    )
+    assert code == 1 and "memory_positions must be one of ('constant', 'ordered', 'original')" in err
