@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, machine_info, write_results
+from benchmarks.modularity.losses import loss_markdown, loss_summary, val_curve
 
 NAME = "modularity"
 MARGIN_SD = 3.0
@@ -461,9 +462,8 @@ def load_series(base: Path, steps: int) -> dict[str, dict]:
     for tag, entry in out.items():
         metrics = base / f"series-{steps}" / tag / "metrics.jsonl"
         if metrics.exists():
-            vals = [json.loads(line) for line in metrics.read_text().splitlines()]
-            vals = [v["val/loss"] for v in vals if "val/loss" in v]
-            entry["val_loss"] = vals[-1] if vals else None
+            entry["val_curve"], entry["val_tokens"] = val_curve(metrics)
+            entry["val_loss"] = entry["val_curve"][-1][1] if entry["val_curve"] else None
     return out
 
 
@@ -477,7 +477,24 @@ def _per_seed_header(srows: dict) -> list[str]:
     ]
 
 
-def series_markdown(series: dict, srows: dict, frows: dict, steps: int) -> list[str]:
+def series_losses(series: dict, steps: int) -> dict[str, dict]:
+    """Per kind: `losses.loss_summary` of its members' validation curves."""
+    out = {}
+    for kind in ("dense", "ssd"):
+        members = {t: m for t, m in sorted(series.items()) if m["kind"] == kind and m.get("val_curve")}
+        if members:
+            tokens = next(iter(members.values()))["val_tokens"]
+            out[kind] = loss_summary({t: m["val_curve"] for t, m in members.items()}, steps, tokens)
+    return out
+
+
+def series_markdown(
+    series: dict,
+    srows: dict,
+    frows: dict,
+    steps: int,
+    title: str = "## 4. Emergence over pretraining: dense vs SSD over seeds",
+) -> list[str]:
     if not srows:
         return []
     any_em = next(v["emergence"] for v in series.values() if v.get("emergence"))
@@ -485,18 +502,23 @@ def series_markdown(series: dict, srows: dict, frows: dict, steps: int) -> list[
     ssd = next(
         (v["emergence"]["train"] for v in series.values() if v["kind"] == "ssd" and v.get("emergence")), None
     )
+    analysed = len(any_em["steps"])
     out = [
         "",
-        "## 4. Emergence over pretraining: dense vs SSD over seeds",
+        title,
         "",
         f"{any_em['model']['activation']} decoder d={any_em['model']['dim']}, {any_em['model']['n_layers']} "
         f"layers, d_ff={any_em['model']['ffn_dim']} (plain), {any_em['experts']} experts; {steps} steps of "
         f"{tr['tokens_per_step']} tokens, 32 checkpoints (every {steps // 32} steps), of which the "
-        f"{len(any_em['steps'])} every {any_em['steps'][1] - any_em['steps'][0]} steps are analysed "
-        "(the shared 2-core CPU did not fit all 32, nor the first run's 1600 steps). "
-        "`benchmarks/modularity/pretrain.py --kind dense|ssd` (seeds 0, 1, 2: run.seed, and "
-        "ssd.seed), probes version 2.",
+        f"{analysed} every {any_em['steps'][1] - any_em['steps'][0]} steps are analysed "
+        "(the shared 2-core CPU did not fit all 32). "
+        f"`benchmarks/modularity/pretrain.py --kind dense|ssd --steps {steps}` (seeds "
+        f"{', '.join(sorted({str(v['seed']) for v in series.values()}))}: run.seed, and ssd.seed), probes "
+        "version 2.",
     ]
+    losses = series_losses(series, steps)
+    if losses:
+        out += ["", *loss_markdown(losses)]
     if ssd:
         modes = srows.get("ssd", {}).get("modes") or []
         sparse_at = [s for s, m in zip(srows["ssd"]["steps"], modes, strict=False) if m == "sparse"]
@@ -626,6 +648,92 @@ def knowledge_markdown(kn: dict, rows: list[dict]) -> list[str]:
     ]
 
 
+def series_findings(srows: dict, steps: int) -> list[tuple[str, str, bool]]:
+    """The emergence findings of one series length (dense and SSD over seeds), each labelled by its steps."""
+    findings: list[tuple[str, str, bool]] = []
+    for kind, sr in srows.items():
+        n = len(sr["seeds"])
+        ok = sum(v["experts_before_neurons"] for v in sr["seeds"].values())
+        st = sr["stabilised"]
+        findings.append(
+            (
+                f"expert-level function stabilises before single neurons' ({kind}, {n} seeds, {steps} steps)",
+                f"expert Spearman stable from step {_iv(st['expert_spearman'])}, neurons "
+                f"{_iv(st['neuron_spearman'])}, "
+                f"random-partition experts {_iv(st['random_expert_spearman'])}; a lead of ≥ {LEAD} analysed "
+                f"checkpoints over both in {ok}/{n} seeds",
+                n > 1 and ok == n,
+            )
+        )
+        ok = sum(v["partition_before_best_function"] for v in sr["seeds"].values())
+        findings.append(
+            (
+                "the expert partition settles before neurons' best-function grouping "
+                f"({kind}, {n} seeds, {steps} steps)",
+                f"param ARI stable from step {_iv(st['param_ari'])}, best-function ARI "
+                f"{_iv(st['best_function_ari'])}"
+                f"; lead ≥ {LEAD} checkpoints in {ok}/{n} seeds",
+                n > 1 and ok == n,
+            )
+        )
+    for kind, sr in srows.items():
+        seeds = list(sr["seeds"].values())
+        ex = [v["half_rise"]["expert_spearman"] for v in seeds]
+        ne = [v["half_rise"]["neuron_spearman"] for v in seeds]
+        ra = [v["half_rise"]["random_expert_spearman"] for v in seeds]
+        ok = None not in ex + ne + ra and max(ex) < min(ne) and max(ex) < min(ra)
+        findings.append(
+            (
+                f"... by half-rise step ({kind}, {len(seeds)} seeds, {steps} steps)",
+                f"expert Spearman reaches half its rise at step {', '.join(_f(x) for x in ex)}, neurons at "
+                f"{', '.join(_f(x) for x in ne)}, random-partition experts at {', '.join(_f(x) for x in ra)} "
+                "(holds if every seed's expert curve is earlier than every seed's neuron and random-expert "
+                "curves)",
+                len(seeds) > 1 and ok,
+            )
+        )
+        pa = [v["half_rise"]["param_ari"] for v in seeds]
+        be = [v["half_rise"]["best_function_ari"] for v in seeds]
+        findings.append(
+            (
+                f"... the partition before best-function grouping, by half-rise step ({kind}, {steps} steps)",
+                f"param ARI half-rise at step {', '.join(_f(x) for x in pa)}, best-function ARI at "
+                f"{', '.join(_f(x) for x in be)} (holds if every seed's partition is earlier than every "
+                "seed's grouping)",
+                len(seeds) > 1 and None not in pa + be and max(pa) < min(be),
+            )
+        )
+    if {"dense", "ssd"} <= set(srows):
+        d = [v["half_rise"]["param_ari"] for v in srows["dense"]["seeds"].values()]
+        s_ = [v["half_rise"]["param_ari"] for v in srows["ssd"]["seeds"].values()]
+        findings.append(
+            (
+                "SSD's expert partition settles earlier than dense training's, by half-rise step "
+                f"({steps} steps)",
+                f"param ARI half-rise at step {', '.join(_f(x) for x in s_)} (SSD) vs "
+                f"{', '.join(_f(x) for x in d)} (dense); holds if every SSD seed is earlier than every "
+                "dense seed",
+                None not in d + s_ and max(s_) < min(d) and len(d) > 1,
+            )
+        )
+        d = [v["stabilised"]["param_ari"] for v in srows["dense"]["seeds"].values()]
+        s_ = [v["stabilised"]["param_ari"] for v in srows["ssd"]["seeds"].values()]
+        em0 = srows["dense"]["steps"]
+        gap = LEAD * (em0[1] - em0[0])
+        ok = None not in d + s_ and max(s_) + gap <= min(d)
+        findings.append(
+            (
+                "SSD's expert partition stabilises earlier than dense training's (not a claim of the paper; "
+                f"{steps} steps)",
+                f"param ARI stable from step {', '.join(map(str, s_))} (SSD seeds) vs "
+                f"{', '.join(map(str, d))} (dense seeds); holds if every SSD seed leads every dense seed by "
+                f"≥ {LEAD} analysed checkpoints",
+                ok,
+            )
+        )
+    return findings
+
+
 def write_report(base: Path, steps: int) -> None:
     res = json.loads((base / "smollm2.json").read_text())
     em_path = base / "emergence.json"
@@ -689,84 +797,26 @@ def write_report(base: Path, steps: int) -> None:
         )
     srows = series_rows(series)
     frows = final_rows(series)
-    payload["series"] = {"steps": steps, "emergence": srows, "final": frows}
-    for kind, sr in srows.items():
-        n = len(sr["seeds"])
-        ok = sum(v["experts_before_neurons"] for v in sr["seeds"].values())
-        st = sr["stabilised"]
-        findings.append(
-            (
-                f"expert-level function stabilises before single neurons' ({kind}, {n} seeds)",
-                f"expert Spearman stable from step {_iv(st['expert_spearman'])}, neurons "
-                f"{_iv(st['neuron_spearman'])}, "
-                f"random-partition experts {_iv(st['random_expert_spearman'])}; a lead of ≥ {LEAD} analysed "
-                f"checkpoints over both in {ok}/{n} seeds",
-                n > 1 and ok == n,
-            )
-        )
-        ok = sum(v["partition_before_best_function"] for v in sr["seeds"].values())
-        findings.append(
-            (
-                f"the expert partition settles before neurons' best-function grouping ({kind}, {n} seeds)",
-                f"param ARI stable from step {_iv(st['param_ari'])}, best-function ARI "
-                f"{_iv(st['best_function_ari'])}"
-                f"; lead ≥ {LEAD} checkpoints in {ok}/{n} seeds",
-                n > 1 and ok == n,
-            )
-        )
-    for kind, sr in srows.items():
-        seeds = list(sr["seeds"].values())
-        ex = [v["half_rise"]["expert_spearman"] for v in seeds]
-        ne = [v["half_rise"]["neuron_spearman"] for v in seeds]
-        ra = [v["half_rise"]["random_expert_spearman"] for v in seeds]
-        ok = None not in ex + ne + ra and max(ex) < min(ne) and max(ex) < min(ra)
-        findings.append(
-            (
-                f"... by half-rise step ({kind}, {len(seeds)} seeds)",
-                f"expert Spearman reaches half its rise at step {', '.join(_f(x) for x in ex)}, neurons at "
-                f"{', '.join(_f(x) for x in ne)}, random-partition experts at {', '.join(_f(x) for x in ra)} "
-                "(holds if every seed's expert curve is earlier than every seed's neuron and random-expert "
-                "curves)",
-                len(seeds) > 1 and ok,
-            )
-        )
-        pa = [v["half_rise"]["param_ari"] for v in seeds]
-        be = [v["half_rise"]["best_function_ari"] for v in seeds]
-        findings.append(
-            (
-                f"... the partition before best-function grouping, by half-rise step ({kind})",
-                f"param ARI half-rise at step {', '.join(_f(x) for x in pa)}, best-function ARI at "
-                f"{', '.join(_f(x) for x in be)} (holds if every seed's partition is earlier than every "
-                "seed's grouping)",
-                len(seeds) > 1 and None not in pa + be and max(pa) < min(be),
-            )
-        )
-    if {"dense", "ssd"} <= set(srows):
-        d = [v["half_rise"]["param_ari"] for v in srows["dense"]["seeds"].values()]
-        s_ = [v["half_rise"]["param_ari"] for v in srows["ssd"]["seeds"].values()]
-        findings.append(
-            (
-                "SSD's expert partition settles earlier than dense training's, by half-rise step",
-                f"param ARI half-rise at step {', '.join(_f(x) for x in s_)} (SSD) vs "
-                f"{', '.join(_f(x) for x in d)} (dense); holds if every SSD seed is earlier than every "
-                "dense seed",
-                None not in d + s_ and max(s_) < min(d) and len(d) > 1,
-            )
-        )
-        d = [v["stabilised"]["param_ari"] for v in srows["dense"]["seeds"].values()]
-        s_ = [v["stabilised"]["param_ari"] for v in srows["ssd"]["seeds"].values()]
-        em0 = srows["dense"]["steps"]
-        gap = LEAD * (em0[1] - em0[0])
-        ok = None not in d + s_ and max(s_) + gap <= min(d)
-        findings.append(
-            (
-                "SSD's expert partition stabilises earlier than dense training's (not a claim of the paper)",
-                f"param ARI stable from step {', '.join(map(str, s_))} (SSD seeds) vs "
-                f"{', '.join(map(str, d))} (dense seeds); holds if every SSD seed leads every dense seed by "
-                f"≥ {LEAD} analysed checkpoints",
-                ok,
-            )
-        )
+    payload["series"] = {
+        "steps": steps,
+        "emergence": srows,
+        "final": frows,
+        "losses": series_losses(series, steps),
+    }
+    findings += series_findings(srows, steps)
+    earlier = {}
+    for other in sorted(int(p.name.split("-")[1]) for p in base.glob("series-*") if p.name[7:].isdigit()):
+        if other == steps:
+            continue
+        oseries = load_series(base, other)
+        orows = series_rows(oseries)
+        if orows:
+            earlier[other] = (oseries, orows, final_rows(oseries))
+            findings += series_findings(orows, other)
+    payload["series_earlier"] = {
+        str(k): {"emergence": r, "final": f, "losses": series_losses(se, k)}
+        for k, (se, r, f) in earlier.items()
+    }
     if em is not None:
         st = stabilisation(em)
         payload["stabilisation"] = st
@@ -790,7 +840,13 @@ def write_report(base: Path, steps: int) -> None:
             )
         )
     payload["findings"] = findings
-    payload["raw"] = {"smollm2": res, "emergence": em, "knowledge": kn, "series": series}
+    payload["raw"] = {
+        "smollm2": res,
+        "emergence": em,
+        "knowledge": kn,
+        "series": series,
+        "series_earlier": {str(k): se for k, (se, _, _) in earlier.items()},
+    }
     md = markdown(res, em, payload)
     extra = (knowledge_markdown(kn, payload["knowledge_v2"]) if kn else []) + series_markdown(
         series, srows, frows, steps
@@ -798,6 +854,11 @@ def write_report(base: Path, steps: int) -> None:
     head, _, tail = md.partition("\n## 4. Emergence over pretraining")
     if tail:
         tail = "\n## 4b. The first dense run: 1600 steps, one seed" + tail.split("\n", 1)[1]
+    for k, (se, r, f) in earlier.items():
+        tail += "\n".join(
+            series_markdown(se, r, f, k, f"## 4c. The {k}-step series: dense vs SSD over seeds")
+        )
+        tail += "\n"
     md = head + "\n".join(extra) + "\n" + tail
     write_results(NAME, payload, md)
     plot(res, em, payload, RESULTS_DIR / f"{NAME}.png")

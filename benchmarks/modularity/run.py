@@ -95,6 +95,13 @@ def _series_probes(cfg: object, folder: Path, run: Path):
     return probes
 
 
+def analysed(ckpts: list, interval: int, every: int) -> list:
+    """Every `every`-th checkpoint counted back from the last, of those on the `interval` grid (a run
+    stopped on a signal and resumed saved one more, off the grid)."""
+    grid = [c for c in ckpts if c.step % interval == 0]
+    return grid[::-1][::every][::-1]
+
+
 def series_emergence(run: Path, probes_dir: Path, tag: str, every: int = EVERY) -> dict:
     """Emergence curves of one run over every `every`-th checkpoint (the last one included; SSD
     checkpoints un-permuted) and which checkpoints were sparse. The clustering-noise curve (a second
@@ -104,7 +111,7 @@ def series_emergence(run: Path, probes_dir: Path, tag: str, every: int = EVERY) 
 
     cfg = load_recipe(run / "recipe.yaml", check=False)
     probes = _series_probes(cfg, probes_dir, run)
-    ckpts = series_checkpoints(run)[::-1][::every][::-1]
+    ckpts = analysed(series_checkpoints(run), cfg.checkpoint.interval, every)
     log = lambda m: print(f"[{tag}] {m}", flush=True)  # noqa: E731
     models = series_models(ckpts, cfg.model)
     result = emergence(models, probes, SERIES_EXPERTS, clustering_noise=False, log=log)
