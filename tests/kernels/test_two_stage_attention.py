@@ -126,6 +126,9 @@ def interpreted() -> dict[str, dict]:
 
 def test_triton_matches_torch_under_the_interpreter(interpreted: dict[str, dict]) -> None:
     assert interpreted.pop("_interpreted")["ok"]
+    model_case = interpreted.pop("infllm_ordered_model")
+    assert "error" not in model_case, model_case.get("error")
+    assert model_case["shape_ok"] and model_case["err"] <= 1e-5, model_case
     assert len(interpreted) == 4
     for case, result in interpreted.items():
         assert "error" not in result, (case, result.get("error"))

@@ -60,7 +60,33 @@ def main() -> None:
             }
         except Exception:
             results[case[0]] = {"error": traceback.format_exc()}
+    results["infllm_ordered_model"] = infllm_model_case()
     json.dump(results, sys.stdout)
+
+
+def infllm_model_case() -> dict:
+    """A tiny model under InfLLM with memory_positions="ordered" (memory keys rotated at per-block
+    positions before the kernel): the Triton backend against the torch backend, logits."""
+    from densa.longctx.infllm import InfLLMConfig, InfLLMContext
+    from densa.models import Transformer
+    from densa.testing.models import random_tokens, tiny_model_config
+
+    try:
+        torch.manual_seed(0)
+        model = Transformer(tiny_model_config()).eval()
+        ids = random_tokens(model.config, batch=2, seq=30, seed=1)
+        opts = dict(n_init=2, n_local=8, block_size=4, repr_topk=2, topk=2, exc_block_size=5)
+        with torch.no_grad():
+            out = {
+                b: InfLLMContext(model, InfLLMConfig(**opts, memory_positions="ordered", backend=b)).forward(
+                    ids
+                )
+                for b in ("torch", "triton")
+            }
+        shape_ok = out["triton"].shape == (*ids.shape, model.config.vocab_size)
+        return {"err": float((out["triton"] - out["torch"]).abs().max()), "shape_ok": shape_ok}
+    except Exception:
+        return {"error": traceback.format_exc()}
 
 
 if __name__ == "__main__":
