@@ -10,9 +10,12 @@ one token at a time as decoding would; teacher-forced answer accuracy. Methods:
 - full: full attention at unseen RoPE distances (T > 256);
 - streaming_llm: 4 sinks + the most recent window (budget 132, chunk 16);
 - infllm: n_init 4, n_local 128, block 16, repr_topk 2, topk 4, exc_block 16, LRU cache of 8 units;
+- infllm_ordered: the same with memory_positions "ordered" (densa's extension: the chosen units in their
+  original order just before the window, every memory distance ≤ 4 + 4·16 + 16 + 16 + 128 < 256);
 - locret: budget 132, chunk 16, its heads, compacted positions (Locret's own position handling);
 - ablations of InfLLM: memory at original positions; representative = mean key / random tokens;
-  repr_topk 1 and 4; topk 8 (the ablations run at --ablation-lengths).
+  repr_topk 1 and 4; topk 8; ordered with topk 8 (memory distances past the trained 256) (the ablations
+  run at --ablation-lengths).
 Also per InfLLM run: unit recall (for each answer whose source token sits in a formed memory unit, was
 that unit chosen by the lookup of the answer's query, per layer), attended keys per query, unit loads and
 cache hits, peak K/V entries on the device per layer (vs offloaded); on first-occurrence, the share of
@@ -51,6 +54,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "full": ("full", {}),
     "streaming_llm": ("streaming_llm", {"n_sink": 4}),
     "infllm": ("infllm", INFLLM),
+    "infllm_ordered": ("infllm", INFLLM | {"memory_positions": "ordered"}),
     "locret": ("locret", {"n_sink": 4}),
 }
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -60,6 +64,11 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "infllm_repr_top1": ("infllm", INFLLM | {"repr_topk": 1}),
     "infllm_repr_top4": ("infllm", INFLLM | {"repr_topk": 4}),
     "infllm_topk8": ("infllm", INFLLM | {"topk": 8, "max_cached_units": 16}),
+    # ordered with 8 units: memory distances up to 4 + 8·16 + 16 + 16 + 128 = 292, past the trained 256
+    "infllm_ordered_topk8": (
+        "infllm",
+        INFLLM | {"memory_positions": "ordered", "topk": 8, "max_cached_units": 16},
+    ),
 }
 
 
@@ -234,6 +243,7 @@ def main() -> None:
         "results": rows,
     }
     payload["goals"] = goals(rows, args.lengths)
+    payload["goals_ordered"] = goals(rows, args.lengths, "infllm_ordered")
     name = "infllm_quick" if args.quick else "infllm"
     plot(rows, args.lengths, RESULTS_DIR / f"{name}.png")
     print(*write_results(name, payload, markdown(payload, f"{name}.png")), sep="\n")

@@ -62,3 +62,41 @@ def test_later_value_errors_counts_answers_copying_the_second_occurrence() -> No
     logits.zero_()
     logits[..., vocab.filler0] = 1.0  # always a filler token: wrong, never a later value
     assert later_value_errors(logits, sample, vocab) == 0.0
+
+
+def test_goals_judge_each_infllm_variant_against_full_attention_at_the_trained_length() -> None:
+    from benchmarks.infllm.report import goals
+
+    acc = {  # (task, T) -> full, streaming_llm, infllm, infllm_ordered
+        ("passkey", 256): (0.8, 0.5, 0.75, 0.7),
+        ("passkey", 2048): (0.3, 0.1, 0.72, 0.75),
+        ("passkey", 4096): (0.1, 0.0, 0.70, 0.71),  # ordered: 88.75% of 0.8
+        ("first_occurrence", 256): (1.0, 0.2, 0.9, 0.95),
+        ("first_occurrence", 2048): (0.1, 0.0, 0.5, 0.92),
+        ("first_occurrence", 4096): (0.1, 0.95, 0.4, 0.91),  # streaming beats ordered here
+    }
+    methods = ("full", "streaming_llm", "infllm", "infllm_ordered")
+    rows = [
+        {"task": task, "T": n, "method": m, "accuracy": a}
+        for (task, n), values in acc.items()
+        for m, a in zip(methods, values, strict=True)
+    ]
+    paper = goals(rows, [256, 2048, 4096])
+    ordered = goals(rows, [256, 2048, 4096], "infllm_ordered")
+    assert paper["lengths_checked"] == [2048, 4096] and not paper["met"] and not ordered["met"]
+    at = ordered["per_task"]["passkey"]["at"]
+    assert at[2048]["kept_of_in_distribution"] == pytest.approx(0.75 / 0.8)
+    assert at[4096]["kept_of_own_in_distribution"] == pytest.approx(0.71 / 0.7)
+    assert at[4096]["kept_of_in_distribution"] == pytest.approx(0.8875)
+    first = ordered["per_task"]["first_occurrence"]["at"]
+    assert first[2048]["beats_full_and_streaming"] and not first[4096]["beats_full_and_streaming"]
+    assert paper["per_task"]["first_occurrence"]["at"][2048]["infllm"] == 0.5
+    rows = [r | {"accuracy": 0.5} if r["method"] == "streaming_llm" else r for r in rows]
+    assert not goals(rows, [256, 2048, 4096], "infllm_ordered")["met"]  # still passkey at 4096
+    rows = [
+        r | {"accuracy": 0.76}
+        if (r["task"], r["method"], r["T"]) == ("passkey", "infllm_ordered", 4096)
+        else r
+        for r in rows
+    ]
+    assert goals(rows, [256, 2048, 4096], "infllm_ordered")["met"]
