@@ -23,18 +23,26 @@ def _law(rows: Sequence[dict], start: LossLaw | None = None) -> LossLaw:
     return fit_loss_law([r["N"] for r in rows], [r["D"] for r in rows], [r["loss"] for r in rows], start)
 
 
-def _sigmoid(rows: Sequence[dict], start: Sigmoid | None = None) -> Sigmoid:
-    return fit_sigmoid([r["loss"] for r in rows], [r["score"] for r in rows], start)
+def _sigmoid(
+    rows: Sequence[dict], start: Sigmoid | None = None, bounds: tuple[float, float] | None = None
+) -> Sigmoid:
+    return fit_sigmoid([r["loss"] for r in rows], [r["score"] for r in rows], start, bounds)
 
 
 def fit_reference(
-    rows: Sequence[dict], performance: Sequence[dict] = (), *, d0: float, holdout: int = 2
+    rows: Sequence[dict],
+    performance: Sequence[dict] = (),
+    *,
+    d0: float,
+    holdout: int = 2,
+    score_bounds: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """Rows are dicts with name, N, D, loss, score. Returns points, both fits, held-out predictions, D0."""
+    """Rows are dicts with name, N, D, loss, score. Returns points, both fits, held-out predictions, D0.
+    `score_bounds` keeps the sigmoid's asymptotes inside them (densa's scores are accuracies: (0, 1))."""
     law = _law(rows)
     pool = sorted([*rows, *performance], key=lambda r: r["loss"])
     held, fit_rows = pool[:holdout], pool[holdout:]
-    sig = _sigmoid(fit_rows)
+    sig = _sigmoid(fit_rows, bounds=score_bounds)
     heldout = [
         {
             "name": r["name"],
@@ -68,7 +76,10 @@ class Reference:
         every = {r["name"]: r for r in [*data["reference"], *data.get("performance", [])]}
         sig_rows = tuple(every[n] for n in data["sigmoid_points"])
         law = LossLaw(**{**data["loss_law"], "residuals": tuple(data["loss_law"]["residuals"])})
-        sig = Sigmoid(**{**data["sigmoid"], "residuals": tuple(data["sigmoid"]["residuals"])})
+        sig_data = {**data["sigmoid"], "residuals": tuple(data["sigmoid"]["residuals"])}
+        if sig_data.get("bounds"):  # JSON has a list
+            sig_data["bounds"] = tuple(sig_data["bounds"])
+        sig = Sigmoid(**sig_data)
         return cls(float(data["d0"]), tuple(data["reference"]), sig_rows, law, sig)
 
 

@@ -162,6 +162,8 @@ class Sigmoid:
     d: float
     r2: float
     residuals: tuple[float, ...]
+    bounds: tuple[float, float] | None = None
+    """(lo, hi) the fit kept both asymptotes in (lo ≤ d, d + c ≤ hi), or None for an unconstrained fit."""
 
     def predict(self, loss: float | np.ndarray) -> float | np.ndarray:
         return self.c / (1.0 + np.exp(-self.gamma * (np.asarray(loss) - self.l))) + self.d
@@ -181,9 +183,26 @@ class Sigmoid:
         return self.l - math.log(self.c / (score - self.d) - 1.0) / self.gamma
 
 
-def fit_sigmoid(loss: Sequence[float], score: Sequence[float], start: Sigmoid | None = None) -> Sigmoid:
+def _logit(p: float, eps: float = 1e-6) -> float:
+    p = min(max(p, eps), 1.0 - eps)
+    return math.log(p / (1.0 - p))
+
+
+def _expit(q: np.ndarray | float) -> np.ndarray | float:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(q)))
+
+
+def fit_sigmoid(
+    loss: Sequence[float],
+    score: Sequence[float],
+    start: Sigmoid | None = None,
+    bounds: tuple[float, float] | None = None,
+) -> Sigmoid:
     """Fit the sigmoid S(L) by least squares from several starts (or from `start` only); needs ≥ 5 points
-    and some spread."""
+    and some spread. `bounds=(lo, hi)` keeps both asymptotes inside [lo, hi] (an accuracy lies in [0, 1]):
+    the fit then runs over d = lo + (hi − lo)·σ(q_d) and c = (hi − d)·σ(q_c), so c ≥ 0 (no loss of
+    generality: a negative c is the same curve with γ, c and d reflected). A refit from `start` keeps the
+    start's bounds."""
     x, y = _array("loss", loss), _array("score", score)
     if len(x) != len(y):
         raise DensityError(f"loss and score differ in length: {len(x)}, {len(y)}")
@@ -191,20 +210,39 @@ def fit_sigmoid(loss: Sequence[float], score: Sequence[float], start: Sigmoid | 
         raise DensityError(f"the sigmoid has 4 parameters: it needs ≥ 5 (loss, score) points, got {len(x)}")
     if np.ptp(x) <= 0 or np.ptp(y) <= 0:
         raise DensityError("the sigmoid needs points with different losses and different scores")
+    bounds = start.bounds if start is not None else bounds
+    if bounds is not None:
+        lo, hi = float(bounds[0]), float(bounds[1])
+        if not (lo < hi and y.min() >= lo and y.max() <= hi):
+            raise DensityError(f"sigmoid bounds ({lo}, {hi}) must be increasing and hold every score")
+
+    def params(p: np.ndarray) -> tuple[float, float, float, float]:
+        """(c, γ, l, d) from the fitted vector (the bounded fit's c and d are squashed into the bounds)."""
+        if bounds is None:
+            return p[0], p[1], p[2], p[3]
+        d = lo + (hi - lo) * _expit(p[3])
+        return (hi - d) * _expit(p[0]), p[1], p[2], d
+
+    def unparams(c: float, gamma: float, l: float, d: float) -> list[float]:  # noqa: E741
+        if bounds is None:
+            return [c, gamma, l, d]
+        d = min(max(d, lo), hi)
+        return [_logit(c / (hi - d) if hi > d else 0.5), gamma, l, _logit((d - lo) / (hi - lo))]
 
     def residual(p: np.ndarray) -> np.ndarray:
+        c, gamma, l, d = params(p)  # noqa: E741
         with np.errstate(over="ignore"):
-            return p[0] / (1.0 + np.exp(-p[1] * (x - p[2]))) + p[3] - y
+            return c / (1.0 + np.exp(-gamma * (x - l))) + d - y
 
     best, best_cost = None, math.inf
     span = float(np.ptp(x))
     starts = [
-        [float(np.ptp(y)) * 1.2, gamma / span, float(centre), float(y.min()) - 0.1 * float(np.ptp(y))]
+        unparams(float(np.ptp(y)) * 1.2, gamma / span, float(centre), float(y.min()) - 0.1 * float(np.ptp(y)))
         for gamma in (-2.0, -8.0, -32.0)
         for centre in np.quantile(x, [0.25, 0.5, 0.75])
     ]
     if start is not None:
-        starts = [[start.c, start.gamma, start.l, start.d]]
+        starts = [unparams(start.c, start.gamma, start.l, start.d)]
     for p0 in starts:
         p = levenberg_marquardt(residual, p0)
         r = residual(p)
@@ -214,4 +252,5 @@ def fit_sigmoid(loss: Sequence[float], score: Sequence[float], start: Sigmoid | 
     if best is None:
         raise DensityError("the sigmoid fit diverged from every start")
     res = residual(best)
-    return Sigmoid(*(float(v) for v in best), _r2(y, res), tuple(res.tolist()))
+    kept = None if bounds is None else (lo, hi)
+    return Sigmoid(*(float(v) for v in params(best)), _r2(y, res), tuple(res.tolist()), kept)

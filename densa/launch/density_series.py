@@ -253,7 +253,7 @@ def train_reference(series_path: str | os.PathLike, cache_dir: str | None = None
     for recipe, budget in series.performance:
         cfg = run_config(series, recipe, budget)
         perf.append(score_checkpoint(cfg, train_run(cfg), tasks))
-    reference = fit_reference(rows, perf, d0=series.d0)
+    reference = fit_reference(rows, perf, d0=series.d0, score_bounds=(0.0, 1.0))  # scores are accuracies
     reference["tokenizer_fingerprint"] = load_tokenizer(first.data.tokenizer).fingerprint
     reference["tasks_dir"] = str(Path(first.data.tokenizer).parent.parent / MATERIAL_DIR / "tasks")
     out = Path(series.out_dir) / "reference.json"

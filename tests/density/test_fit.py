@@ -54,6 +54,30 @@ def test_sigmoid_recovers_parameters_and_inverts() -> None:
         assert fit.invert(float(fit.predict(loss))) == pytest.approx(loss, rel=1e-9)
 
 
+def test_bounded_sigmoid_recovers_a_curve_inside_its_bounds() -> None:
+    x = np.linspace(1.5, 5.0, 9)
+    fit = fit_sigmoid(x, sig(x), bounds=(0.0, 1.0))  # the true range (0.25, 0.95) lies inside
+    assert (fit.c, fit.gamma, fit.l, fit.d) == pytest.approx((C, GAMMA, LMID, DOFF), rel=1e-5)
+    assert fit.bounds == (0.0, 1.0)
+
+
+def test_bounded_sigmoid_keeps_an_accuracy_ceiling_the_free_fit_overshoots() -> None:
+    """Scores that only start to rise (as densa's small series): the free fit puts the ceiling far above
+    any accuracy; the bounded one keeps both asymptotes in [0, 1], and a refit from it keeps its bounds."""
+    x = np.array([3.4, 2.9, 2.5, 2.1, 1.9, 1.6, 1.45, 1.3])
+    y = np.array([0.14, 0.14, 0.15, 0.16, 0.26, 0.27, 0.27, 0.49])
+    free, bounded = fit_sigmoid(x, y), fit_sigmoid(x, y, bounds=(0.0, 1.0))
+    assert free.range[1] > 100
+    lo, hi = bounded.range
+    assert lo >= 0.0 and hi <= 1.0 + 1e-12 and bounded.gamma < 0
+    assert (bounded.c, bounded.d, bounded.l) == pytest.approx((0.84167, 0.15833, 1.17480), abs=1e-4)
+    assert bounded.predict(1.3) == pytest.approx(0.49 + bounded.residuals[-1], abs=1e-12)
+    refit = fit_sigmoid(x, y, start=bounded)
+    assert refit.bounds == (0.0, 1.0) and refit.c + refit.d <= 1.0 + 1e-12
+    with pytest.raises(DensityError, match=r"sigmoid bounds \(0.0, 0.4\) must be increasing and hold every"):
+        fit_sigmoid(x, y, bounds=(0.0, 0.4))
+
+
 def reference() -> Reference:
     rows = [{"name": f"r{i}", "N": n, "D": d, "loss": float(law(n, d))} for i, (n, d) in enumerate(zip(N, D))]
     for r in rows:
