@@ -14,6 +14,9 @@ METHOD_ORDER = [
     "apb_random",
     "apb_no_passing",
     "apb_query_outside_anchor",
+    "apb_pool5",
+    "apb_answer_heads",
+    "apb_answer_heads_pool5",
     "apb_passing_block_4",
 ]
 GOAL_TASK = "repeated_pair"  # the cross-host task whose dependency is real (cross_host: superseded)
@@ -86,7 +89,9 @@ def markdown(payload: dict, png: str | None) -> str:
         " masked while the context is encoded (block-local). Star: anchor = block 0 (with H = 2 that is all"
         " host 1 lacks, so Star is exact there). APB: anchor = block/4 (BOS, the query, document tokens),"
         " passing = block/8 tokens per host and KV"
-        " head chosen by retaining heads (max-pool 5); passing block and anchor are dropped after prefill."
+        " head chosen by retaining heads (max-pool kernel 5, stride 1; on "
+        + (", ".join(f"{task}: {k}" for task, k in cfg.get("pool_kernel_per_task", {}).items()) or "no task")
+        + " except the *_pool5 rows); passing block and anchor are dropped after prefill."
         " Bytes are per host, per layer and per sequence (fp32 K and V), received during prefill; pairs are"
         " (query, key) token pairs per layer, head and sequence.",
         "",

@@ -1,9 +1,11 @@
 """Train what the APB benchmark's cross-host task needs (docs/apb.md): the backbone fine-tuned with
 `repeated_pair` in its mixture (`recipes/apb_backbone_tiny.yaml`, from runs/locret_bench/backbone into
 runs/apb_bench/backbone) and its retaining heads (`recipes/apb_heads_tiny.yaml`, into
-runs/apb_bench/heads_repeated_pair). Every 50 steps the backbone is scored on held-out repeated_pair rows
-with full attention and with cross-block attention masked (the §7.4 check); the run stops once full
-attention is solved for two checks in a row. `--reuse` keeps finished stages. One thread, as committed."""
+runs/apb_bench/heads_readers; `--heads-only --head-target answer --heads-out runs/apb_bench/heads_answer`
+trains the Locret-target heads of the benchmark's apb_answer_heads rows). Every 50 steps the backbone is
+scored on held-out repeated_pair rows with full attention and with cross-block attention masked (the §7.4
+check); the run stops once full attention is solved for two checks in a row. `--reuse` keeps finished
+stages. One thread, as committed."""
 
 from __future__ import annotations
 
@@ -123,18 +125,32 @@ class CheckCallback(Callback):
             trainer.request_stop()
 
 
-class HeadRows:
-    """Retaining-head rows at T = 257: even indices repeated_pair, odd MQAR (8 pairs, 4 queries)."""
+HEAD_TARGETS = ("readers", "answer")
 
-    def __init__(self, num_samples: int, seed: int = 10**7) -> None:
-        self.num_samples, self.seed = num_samples, seed
+
+class HeadRows:
+    """Retaining-head rows at T = 257: even indices repeated_pair, odd MQAR (8 pairs, 4 queries).
+
+    `target` picks the positions whose attention defines the CIS labels (the heads' loss_mask) on the
+    repeated_pair rows: `answer` (Locret's: the QUERY position alone; it reads the target's later
+    occurrence, so the earlier occurrences a later host needs are not marked), `readers` (what APB passes
+    for: the later occurrence's key and value, the tokens that read the earlier host's bigram while the
+    context is encoded, plus QUERY). MQAR rows keep their answer positions."""
+
+    def __init__(self, num_samples: int, seed: int = 10**7, target: str = "readers") -> None:
+        if target not in HEAD_TARGETS:
+            raise ValueError(f"head target {target!r}: choose from {', '.join(HEAD_TARGETS)}")
+        self.num_samples, self.seed, self.target = num_samples, seed, target
 
     def __len__(self) -> int:
         return self.num_samples
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
         seed = self.seed + idx
-        s = repeated_pair_rows(1, seed // 2) if idx % 2 == 0 else eval_sample("mqar", 1, SEQ, VOCAB, seed)
+        if idx % 2 == 0:
+            s = repeated_pair_rows(1, seed // 2, recall=self.target == "readers")
+        else:
+            s = eval_sample("mqar", 1, SEQ, VOCAB, seed)
         return {
             "input_ids": s.input_ids[0],
             "labels": s.labels[0],
@@ -242,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--report", action="store_true", help="write benchmarks/results/apb_train.{json,md}, train nothing"
     )
+    p.add_argument("--heads-only", action="store_true", help="train the heads on the existing backbone")
+    p.add_argument("--head-target", choices=HEAD_TARGETS, default="readers", help="see HeadRows")
+    p.add_argument("--heads-out", default=None, help="heads run dir (default: the recipe's)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -250,15 +269,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         report(bb_cfg)
         return 0
+    hd_cfg = load_recipe(
+        RECIPES / "apb_heads_tiny.yaml", [f"run.out_dir={args.heads_out}"] * bool(args.heads_out)
+    )
+    head_rows = HeadRows(
+        hd_cfg.batch.global_tokens // hd_cfg.data.seq_len * hd_cfg.train.steps, target=args.head_target
+    )
+    if args.heads_only:
+        print(json.dumps({"heads_seconds": stage(hd_cfg, head_rows, args.reuse)}))
+        return 0
     callback = CheckCallback(Path(bb_cfg.run.out_dir).parent / "STOP_BACKBONE")
     callback.stop_file.unlink(missing_ok=True)
     per_step = bb_cfg.batch.global_tokens // bb_cfg.data.seq_len
     bb_seconds = stage(bb_cfg, MixedSource(per_step), args.reuse, [callback])
     model = load_backbone(bb_cfg)
     final = check(model)
-    hd_cfg = load_recipe(RECIPES / "apb_heads_tiny.yaml")
-    head_rows = hd_cfg.batch.global_tokens // hd_cfg.data.seq_len * hd_cfg.train.steps
-    heads_seconds = stage(hd_cfg, HeadRows(head_rows), args.reuse)
+    heads_seconds = stage(hd_cfg, head_rows, args.reuse)
     summary = {"backbone_seconds": bb_seconds, "heads_seconds": heads_seconds, "check": final}
     summary["check_log"] = callback.log
     Path(bb_cfg.run.out_dir, "check.json").write_text(json.dumps(summary, indent=1))

@@ -52,6 +52,7 @@ def run_rank(args: argparse.Namespace) -> int:
             passing_len=args.passing_len,
             passing=args.passing,
             query_in_anchor=not args.query_outside_anchor,
+            pool_kernel=args.pool_kernel,
         )
         model = load_model(args.model).to(device)
         context, query, sample = _inputs(args)

@@ -20,7 +20,9 @@ from densa.testing.models import tiny_model_config
 
 def test_nproc_starts_torchrun_with_the_same_options(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["longctx", "prefill", "--method", "apb", "--model", "m", "--nproc", "4", "--task", "mqar"]
-    assert main([*argv, "--passing-len", "8", "--query-outside-anchor", "--dry-run"]) == 0
+    assert (
+        main([*argv, "--passing-len", "8", "--pool-kernel", "1", "--query-outside-anchor", "--dry-run"]) == 0
+    )
     out = capsys.readouterr().out.split()
     assert out[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"]
     rank = out[6:]
@@ -28,6 +30,7 @@ def test_nproc_starts_torchrun_with_the_same_options(capsys: pytest.CaptureFixtu
     assert "--nproc" not in rank and "--dry-run" not in rank
     assert " ".join(rank[4:12]) == "--method apb --model m --task mqar --seq-len 264"
     assert "--passing-len 8" in " ".join(rank) and "--query-outside-anchor" in rank
+    assert "--pool-kernel 1" in " ".join(rank)
 
 
 def test_nproc_or_torchrun_is_required(capsys: pytest.CaptureFixture[str]) -> None:

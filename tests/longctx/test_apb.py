@@ -131,6 +131,10 @@ def test_select_passing_keeps_top_max_pooled_tokens_per_head() -> None:
     picked = select_passing(scores, k, -k, 3, 3, None)  # [1, 2·Hkv, 3, 1]: keys then values
     assert picked[0, :2, :, 0].tolist() == [[6.0, 7.0, 8.0], [0.0, 1.0, 2.0]]
     assert picked[0, 2:, :, 0].tolist() == [[-6.0, -7.0, -8.0], [-0.0, -1.0, -2.0]]
+    # kernel 1 (no smoothing): the raw top 3 of head 1, where kernel 3 keeps the window of its top token
+    scores[0, 1, 4] = 3.0
+    assert select_passing(scores, k, -k, 3, 1, None)[0, 1, :, 0].tolist() == [1.0, 4.0, 9.0]
+    assert select_passing(scores, k, -k, 3, 3, None)[0, 1, :, 0].tolist() == [0.0, 1.0, 2.0]
 
 
 def test_apb_anchor_holds_bos_then_query_then_document() -> None:

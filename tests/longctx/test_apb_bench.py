@@ -5,11 +5,12 @@ benchmarks/apb/train.py add the recall and repeat-flag labels inside the context
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from benchmarks.apb.cross_host import cross_host
 from benchmarks.apb.report import GOAL_TASK, goals
-from benchmarks.apb.train import repeated_pair_rows
+from benchmarks.apb.train import HeadRows, repeated_pair_rows
 from densa.longctx.tasks import TaskVocab
 
 
@@ -75,3 +76,24 @@ def test_training_rows_add_recall_and_repeat_flag_labels() -> None:
                     firsts[tok] = row[p + 1]
         assert len(marked) == 8 and [labels[p + 1] for p in marked[::2]].count(v.bos) == 1
         assert all(x == -100 for p, x in enumerate(labels[:-1]) if p not in marked)
+
+
+def test_head_rows_readers_target_marks_the_later_occurrences_and_query() -> None:
+    v = TaskVocab()
+    readers, answer = HeadRows(4, target="readers"), HeadRows(4, target="answer")
+    row, plain = readers[0], answer[0]  # even index: repeated_pair
+    assert torch.equal(row["input_ids"], plain["input_ids"])
+    ids = row["input_ids"].tolist()
+    seen: set[int] = set()
+    later = []
+    for p, tok in enumerate(ids[:-1]):
+        if v.key0 <= tok < v.value0:
+            if tok in seen:
+                later += [p, p + 1]  # the later key and its value read the earlier bigram
+            seen.add(tok)
+    last = len(ids) - 1  # QUERY
+    assert row["loss_mask"].nonzero().flatten().tolist() == sorted(later) + [last]
+    assert plain["loss_mask"].nonzero().flatten().tolist() == [last]
+    assert torch.equal(readers[1]["loss_mask"], answer[1]["loss_mask"])  # odd index: MQAR, unchanged
+    with pytest.raises(ValueError, match="head target 'query': choose from readers, answer"):
+        HeadRows(4, target="query")

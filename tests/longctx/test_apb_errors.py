@@ -41,6 +41,10 @@ def test_passing_length_larger_than_the_block() -> None:
         resolve(SPConfig("apb", anchor_len=4), 32, 4, 1, 2)
     with pytest.raises(SequenceParallelError, match="unknown method 'ulysses'"):
         resolve(SPConfig("ulysses"), 32, 0, 0, 2)
+    for kernel in (0, 4):  # an even kernel would shift the pooled scores by one token
+        with pytest.raises(SequenceParallelError, match=rf"pool kernel {kernel} must be an odd number >= 1"):
+            resolve(SPConfig("apb", pool_kernel=kernel), 32, 0, 1, 2)
+    assert resolve(SPConfig("apb", pool_kernel=1), 32, 0, 1, 2).passing_len == 2
 
 
 def test_apb_heads_missing_or_for_another_model(tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ def add_prefill_args(p: argparse.ArgumentParser) -> list[argparse.Action]:
     p.add_argument("--heads", default=None, help="apb: retaining-heads file (save_heads output)")
     p.add_argument("--anchor-len", type=int, default=None, help="default: star a block, apb block/4")
     p.add_argument("--passing-len", type=int, default=None, help="apb: tokens per host and KV head (block/8)")
+    p.add_argument("--pool-kernel", type=int, default=5, help="apb: max-pool kernel over the heads' scores")
     p.add_argument(
         "--passing", choices=["heads", "random", "none"], default="heads", help="apb passing choice"
     )

@@ -83,6 +83,11 @@ def resolve(config: SPConfig, context_len: int, query_len: int, rank: int, world
             )
         if passing < 0:
             raise SequenceParallelError(f"passing length must be >= 0, got {passing}")
+        if config.pool_kernel < 1 or config.pool_kernel % 2 == 0:
+            raise SequenceParallelError(
+                f"pool kernel {config.pool_kernel} must be an odd number >= 1 (a stride-1 max-pool that keeps"
+                " the block's length; 1 = no smoothing)"
+            )
     holds_query = config.method == "apb" and config.query_in_anchor and anchor and world > 1
     if holds_query and anchor < config.anchor_prefix + query_len:
         raise SequenceParallelError(

@@ -74,13 +74,17 @@ def select_passing(
     token next to a high-scoring one is kept too (APB's smoothing of the retaining-head scores)."""
     batch, n_kv, seq, dim = k.shape
     if scores is None:
-        noise = torch.rand(batch, n_kv, seq, generator=gen).to(k.device)
-        idx = noise.topk(length, dim=-1).indices
-    else:
-        pooled = F.max_pool1d(scores.reshape(batch * n_kv, 1, seq), pool, stride=1, padding=pool // 2)
-        idx = pooled.reshape(batch, n_kv, seq).topk(length, dim=-1).indices
-    idx = idx.sort(dim=-1).values.unsqueeze(-1).expand(-1, -1, -1, dim)
+        scores = torch.rand(batch, n_kv, seq, generator=gen).to(k.device)
+        pool = 1
+    idx = passing_indices(scores, length, pool).unsqueeze(-1).expand(-1, -1, -1, dim)
     return torch.cat([k.gather(2, idx), v.gather(2, idx)], dim=1)
+
+
+def passing_indices(scores: torch.Tensor, length: int, pool: int) -> torch.Tensor:
+    """scores [B, Hkv, T] -> the top-`length` positions per KV head after the max-pool, sorted."""
+    batch, n_kv, seq = scores.shape
+    pooled = F.max_pool1d(scores.reshape(batch * n_kv, 1, seq), pool, stride=1, padding=pool // 2)
+    return pooled.reshape(batch, n_kv, seq).topk(length, dim=-1).indices.sort(dim=-1).values
 
 
 def apb_attention(
