@@ -4,8 +4,10 @@ Needs `densa density train-reference` first (runs/density/reference/reference.js
 trained on the series' data mixture with the series' WSD recipe, at D0 tokens unless said otherwise. The
 series' own ref_s1 run at D0 (SwiGLU, 22k non-embedding parameters) is the parent of the variants:
 
-- calibration: reference-recipe models of sizes not in the series (d 48 with 2 and 4 layers, between
-  the series' sizes), at D0 — their ρ should be ≈ 1;
+- calibration: the series' interior sizes held out of the fit in turn (leave one size out; report.py),
+  and reference-recipe models of shapes off the series' width/depth progression (d 48 with 2 and 4 layers,
+  between the series' sizes), at D0 — their ρ should be ≈ 1;
+- noise: the parent's recipe with two other seeds, whose spread of ρ is the margin a "denser" needs;
 - longer-trained: the held-out d48L2 size at 2·D0 tokens;
 - better data mix: ref_s1 at D0 with 90% facts/reasoning text instead of 70%;
 - ReLU² vs SwiGLU: ref_s1's shape with a plain ReLU² FFN (d_ffn 1.5× for parameter parity), equal tokens;
@@ -15,7 +17,8 @@ series' own ref_s1 run at D0 (SwiGLU, 22k non-embedding parameters) is the paren
   parameters a token activates (attention, routers and 2 of 8 experts);
 - ProSparse: the parent finetuned for D0/4 tokens with ReGLU and a progressive L1 penalty;
 - magnitude pruning: 50% of every non-embedding matrix of the parent zeroed, with and without retraining
-  (D0/4 tokens, masks kept); N counts the non-zero non-embedding weights.
+  (D0/4 tokens, masks kept); N counts the non-zero non-embedding weights;
+- the control for the two D0/4 continuations: the parent itself trained on D0/4 more tokens.
 
     python benchmarks/densing/run.py train     # train the models (resumable; ~15 min on one free core)
     python benchmarks/densing/run.py report    # score, estimate densities, write results + plots
@@ -79,6 +82,8 @@ def models(d0: int) -> dict[str, dict[str, Any]]:
 
     return {
         PARENT: spec(s1, d0, "series run (in the fit): SwiGLU parent", series=True),
+        "ref_s1@D0_seed1": spec(s1, d0, "seed replica of the parent (noise)", ("run.seed=1",)),
+        "ref_s1@D0_seed2": spec(s1, d0, "seed replica of the parent (noise)", ("run.seed=2",)),
         "ref_d48L2@D0": spec(s2, d0, "calibration (size not in the series)", l2),
         "ref_d48L4@D0": spec(s2, d0, "calibration (size not in the series)", l4),
         "relu2_s1@D0": spec(s1, d0, "ReLU² (vs SwiGLU parent, equal tokens)", RELU2),
@@ -153,6 +158,11 @@ def retrained_cfg(series: Any, folder: Path) -> Any:
     return finetune_cfg(series, "pruned50_s1_retrained", (f"init.from_path={folder}",))
 
 
+def continued_cfg(series: Any) -> Any:
+    """The control for the D0/4 continuations: the parent trained on D0/4 more tokens, unchanged."""
+    return finetune_cfg(series, "ref_s1_continued", (f"init.from_path={parent_checkpoint(series)}",))
+
+
 def prosparse_cfg(series: Any) -> Any:
     """ProSparse on the parent: ReGLU, progressive L1 on the FFN activations (docs/sparsity.md)."""
     sets = (
@@ -179,8 +189,8 @@ def moefied(series: Any, name: str) -> Path:
 
 
 def train_all(series: Any, only: list[str] | None = None) -> None:
-    """Train every model (or those in `only`; "pruned", "prosparse" and "moefied" name the derived
-    models), then prune/retrain, ProSparse-finetune and MoEfy."""
+    """Train every model (or those in `only`; "pruned", "prosparse", "continued" and "moefied" name the
+    derived models), then prune/retrain, ProSparse-finetune, continue the parent and MoEfy."""
     for name, spec in models(int(series.d0)).items():
         if (only is None or name in only) and not spec.get("series"):
             train_run(cfg_of(series, name, spec))
@@ -189,6 +199,8 @@ def train_all(series: Any, only: list[str] | None = None) -> None:
         train_run(retrained_cfg(series, folder), callbacks=(KeepMasks(masks),))
     if only is None or "prosparse" in only:
         train_run(prosparse_cfg(series))
+    if only is None or "continued" in only:
+        train_run(continued_cfg(series))
     if only is None or "moefied" in only:
         for name in MOEFIED:
             moefied(series, name)
