@@ -37,8 +37,9 @@ def _pairs(arguments: object) -> list:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/density/reference/ref_s1_D1638k")
-    parser.add_argument("--out", default="runs/density/lmeval_hf")
+    parser.add_argument("--out", default=None, help="HF export (default: runs/density/lmeval_hf/RUN_NAME)")
     args = parser.parse_args()
+    args.out = args.out or str(Path("runs/density/lmeval_hf") / Path(args.run).name)  # one export per run
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if not Path(args.out).exists():
