@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -126,6 +127,15 @@ def kv_mib(model, tokens: int) -> float:
     return tokens * cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 4 / 2**20
 
 
+def wilson_interval(correct: int, rows: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate (sound at a handful of rows, unlike p ± z·SE)."""
+    p = correct / rows
+    denom = 1 + z * z / rows
+    center = (p + z * z / (2 * rows)) / denom
+    half = z * math.sqrt(p * (1 - p) / rows + z * z / (4 * rows * rows)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
+
+
 def summarize(rows: dict[str, dict], model) -> list[dict]:
     """One line per (variant, T, method) over the cached rows."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -146,6 +156,7 @@ def summarize(rows: dict[str, dict], model) -> list[dict]:
                 "rows": len(group),
                 "correct": sum(r["correct"] for r in group),
                 "accuracy": sum(r["correct"] for r in group) / len(group),
+                "accuracy_95": wilson_interval(sum(r["correct"] for r in group), len(group)),
                 "prefill_tokens_per_s": length / median([r["prefill_s"] for r in group]),
                 "prefill_tokens_per_cpu_s": length / median(cpu) if cpu else None,
                 "peak_kv_tokens_per_layer": peak,
@@ -165,13 +176,15 @@ def markdown(lines: list[dict], context: int, threads: int) -> str:
         "entries per layer on the device, and their size over all layers (fp32); not the process RSS.",
         f"InfLLM: {', '.join(f'{k} {v}' for k, v in INFLLM.items())}; StreamingLLM: 4 sinks, budget 4096.",
         "",
-        "| prompt | T | × context | method | correct / rows | accuracy | prefill tok/s (wall) | "
-        "prefill tok/CPU-s | peak K/V entries | peak K/V MiB |",
+        "| prompt | T | × context | method | correct / rows | accuracy (95% Wilson interval) | "
+        "prefill tok/s (wall) | prefill tok/CPU-s | peak K/V entries | peak K/V MiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     out += [
         f"| {r['variant']} | {r['T']} | {r['T'] / context:.3g} | {r['method']} | "
-        f"{r['correct']} / {r['rows']} | {r['accuracy']:.2f} | {r['prefill_tokens_per_s']:.1f} | "
+        f"{r['correct']} / {r['rows']} | {r['accuracy']:.2f} "
+        f"({r['accuracy_95'][0]:.2f}–{r['accuracy_95'][1]:.2f}) | "
+        f"{r['prefill_tokens_per_s']:.1f} | "
         + ("–" if r["prefill_tokens_per_cpu_s"] is None else f"{r['prefill_tokens_per_cpu_s']:.1f}")
         + " | "
         f"{r['peak_kv_tokens_per_layer']} | {r['peak_kv_mib']:.1f} |"

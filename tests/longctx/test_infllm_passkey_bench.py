@@ -64,3 +64,13 @@ def test_row_cache_merges_what_another_process_wrote(tmp_path) -> None:
     assert merged == {"a": {"correct": True}, "b": {"correct": False}}
     assert json.loads(cache.read_text())["rows"] == merged
     assert load_rows(cache, {"chunk": 256}) == {}  # other settings: nothing reused
+
+
+def test_wilson_interval_against_the_closed_form() -> None:
+    from benchmarks.infllm.smollm2_passkey import wilson_interval
+
+    # 4 of 5: (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n), z = 1.96 -> 0.3755 .. 0.9638
+    low, high = wilson_interval(4, 5)
+    assert low == pytest.approx(0.37553, abs=1e-4) and high == pytest.approx(0.96378, abs=1e-4)
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(0, 20)[1] == pytest.approx(0.16113, abs=1e-4)
+    assert wilson_interval(20, 20)[1] == 1.0
