@@ -15,7 +15,9 @@ from densa.models.transformer import Transformer
 
 
 class InfLLMPolicy(KVPolicy):
-    """Options are InfLLMConfig's fields (defaults: the paper's)."""
+    """Options are InfLLMConfig's fields (defaults: the paper's). `memory_positions`: "constant" (the
+    paper: every memory token at one distance), "ordered" (densa: the chosen units in their original
+    order just before the window) or "original" (true positions, an ablation)."""
 
     name = "infllm"
     evicts = False
