@@ -148,7 +148,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kind", choices=["dense", "ssd"], default="dense")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=256, help=f"training steps ({CHECKPOINTS} checkpoints)")
+    ap.add_argument("--steps", type=int, default=1024, help=f"training steps ({CHECKPOINTS} checkpoints)")
     ap.add_argument("--quick", action="store_true", help="smoke: 40 steps, one seed")
     args = ap.parse_args()
     torch.set_num_threads(1)

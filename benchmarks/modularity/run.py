@@ -9,14 +9,19 @@ Stages (each writes a raw JSON under runs/modularity/, reused unless --redo):
   and up to 200 facts per relation), 100 facts per relation in the perturbation set, functional experts of 3
   parameter-clustering seeds; the report shows it in place of the smollm2 stage's knowledge rows;
 - series: every member of `pretrain.py`'s series (dense and SSD, 3 seeds, `--steps`): the emergence curves
-  over its checkpoints (SSD checkpoints read in original neuron order) and, at the final checkpoint,
+  over every `--every`-th checkpoint (SSD checkpoints read in original neuron order; each checkpoint's
+  snapshot cached under series-{steps}/snapshots-{member}/) and, at the final checkpoint,
   specialisation, functional experts and perturbation (3 partition seeds); members whose last checkpoint
   is not written yet are skipped;
 - emergence: the first, longer dense run (runs/modularity/full/dense, 1600 steps, probes version 1);
-- report: benchmarks/results/modularity.{json,md,png} from the raw files.
+- snapshots: one member's (`--kinds K --seeds S`) snapshots, taken as training writes its checkpoints,
+  until the last: the series stage then only compares them;
+- report: benchmarks/results/modularity.{json,md,png} from the raw files (the `--steps` series, and
+  any other series-*/ length as a further section).
 
     python benchmarks/modularity/pretrain.py --kind dense --steps 1024    # the series (and --kind ssd)
-    python benchmarks/modularity/run.py --steps 1024 --every 2           # all stages (1 thread)
+    python benchmarks/modularity/run.py --stage snapshots --kinds dense --seeds 0  # while it trains
+    python benchmarks/modularity/run.py                   # all stages (1 thread)
     python benchmarks/modularity/run.py --stage report    # rewrite the results from the raw files
 """
 
@@ -51,9 +56,9 @@ SERIES_SETTINGS = Settings(experts=16, perturb_per_label=25, perturb_random=3, p
 SERIES_EXPERTS = 16
 KINDS = ("dense", "ssd")
 SEEDS = (0, 1, 2)
-EVERY = 4
-"""By default the series' emergence reads every 4th of its 32 checkpoints (the shared CPU did not fit all
-for the 256-step series); `--every 2` reads 16 (the 1024-step series)."""
+EVERY = 2
+"""The series' emergence reads every 2nd of its 32 checkpoints (16; the shared CPU did not fit all); the
+256-step series read every 4th (`--steps 256 --every 4`)."""
 
 
 def probes_for(tok: object, folder: Path):
@@ -95,28 +100,48 @@ def _series_probes(cfg: object, folder: Path, run: Path):
     return probes
 
 
-def analysed(ckpts: list, interval: int, every: int) -> list:
-    """Every `every`-th checkpoint counted back from the last, of those on the `interval` grid (a run
-    stopped on a signal and resumed saved one more, off the grid)."""
-    grid = [c for c in ckpts if c.step % interval == 0]
-    return grid[::-1][::every][::-1]
+def analysed(ckpts: list, interval: int, every: int, last: int) -> list:
+    """The checkpoints on the `interval` grid at every `every`-th interval counted back from step `last`
+    (train.steps; a run stopped on a signal and resumed saved one more, off the grid). The choice does not
+    depend on how far training has got, so snapshots can be taken while it runs."""
+    stride = interval * every
+    return [c for c in ckpts if c.step % interval == 0 and (last - c.step) % stride == 0]
+
+
+def _snapshots(run: Path, probes_dir: Path, tag: str, every: int) -> tuple[object, list, list[dict]]:
+    """(recipe, analysed checkpoints present now, their snapshots), each snapshot cached in
+    series-{steps}/snapshots-{tag}/ (taken once, also while training still runs)."""
+    from densa.analysis.modularity.emergence import snapshot
+    from densa.analysis.modularity.series import series_checkpoints, series_models
+    from densa.config.load import load_recipe
+
+    cfg = load_recipe(run / "recipe.yaml", check=False)
+    probes = _series_probes(cfg, probes_dir, run)
+    ckpts = analysed(series_checkpoints(run), cfg.checkpoint.interval, every, cfg.train.steps)
+    cache = run.parent / f"snapshots-{run.name}"
+    cache.mkdir(exist_ok=True)
+    path = {c.step: cache / f"v{probes.meta['version']}-e{SERIES_EXPERTS}-step_{c.step}.pt" for c in ckpts}
+    t0 = time.perf_counter()
+    for step, model in series_models([c for c in ckpts if not path[c.step].exists()], cfg.model):
+        snap = snapshot(model, probes, SERIES_EXPERTS, clustering_noise=False)
+        torch.save(snap, path[step].with_suffix(".tmp"))
+        path[step].with_suffix(".tmp").replace(path[step])
+        print(f"[{tag}] step {step}: snapshot ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return cfg, ckpts, [torch.load(path[c.step]) for c in ckpts]
 
 
 def series_emergence(run: Path, probes_dir: Path, tag: str, every: int = EVERY) -> dict:
     """Emergence curves of one run over every `every`-th checkpoint (the last one included; SSD
     checkpoints un-permuted) and which checkpoints were sparse. The clustering-noise curve (a second
     k-means seed) is left out: a third of the k-means time."""
-    from densa.analysis.modularity.series import series_checkpoints, series_models
-    from densa.config.load import load_recipe
+    from densa.analysis.modularity.emergence import compare_snapshots
 
-    cfg = load_recipe(run / "recipe.yaml", check=False)
-    probes = _series_probes(cfg, probes_dir, run)
-    ckpts = analysed(series_checkpoints(run), cfg.checkpoint.interval, every)
-    log = lambda m: print(f"[{tag}] {m}", flush=True)  # noqa: E731
-    models = series_models(ckpts, cfg.model)
-    result = emergence(models, probes, SERIES_EXPERTS, clustering_noise=False, log=log)
+    t0 = time.perf_counter()
+    cfg, ckpts, snaps = _snapshots(run, probes_dir, tag, every)
+    result = compare_snapshots([c.step for c in ckpts], snaps, SERIES_EXPERTS)
+    result["seconds"] = time.perf_counter() - t0
     result["run"] = str(run)
-    result["probes_version"] = probes.meta["version"]
+    result["probes_version"] = VERSION
     result["modes"] = [c.mode for c in ckpts]
     result["sparse_steps"] = [c.sparse_steps for c in ckpts]
     result["model"] = {
@@ -131,6 +156,20 @@ def series_emergence(run: Path, probes_dir: Path, tag: str, every: int = EVERY) 
         "ssd_top_k": cfg.ssd.top_k if cfg.ssd.enabled else None,
     }
     return result
+
+
+def follow_snapshots(steps: int, kind: str, seed: int, every: int, poll_s: float = 60.0) -> None:
+    """Snapshot a series member's analysed checkpoints as training writes them, until its last one."""
+    from benchmarks.modularity.pretrain import series_dir
+    from densa.train.checkpoint import is_complete
+
+    run = series_dir(kind, seed, steps)
+    while True:
+        if (run / "recipe.yaml").exists():
+            _snapshots(run, BASE / f"probes-series-v{VERSION}", f"snapshots {kind}-s{seed}", every)
+            if is_complete(run / "checkpoints" / f"step_{steps}"):
+                return
+        time.sleep(poll_s)
 
 
 def series_final(run: Path, probes_dir: Path, tag: str) -> dict:
@@ -205,9 +244,9 @@ def stage_long_run() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     stages = ("smollm2", "knowledge", "series", "emergence")
-    ap.add_argument("--stage", choices=["all", *stages, "report"], default="all")
+    ap.add_argument("--stage", choices=["all", *stages, "snapshots", "report"], default="all")
     ap.add_argument("--smollm2", default=SMOLLM2, help="SmolLM2-135M-Instruct HF folder")
-    ap.add_argument("--steps", type=int, default=256, help="training steps of the pretrain.py series")
+    ap.add_argument("--steps", type=int, default=1024, help="training steps of the pretrain.py series")
     ap.add_argument("--redo", action="store_true", help="recompute stages whose raw JSON exists")
     ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="series stage: kinds")
     ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="series stage: seeds")
@@ -227,10 +266,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.every < 1:
         raise SystemExit(f"--every {args.every}: must be at least 1")
+    if args.stage == "snapshots" and (len(args.kinds) != 1 or len(args.seeds) != 1):
+        raise SystemExit("--stage snapshots follows one series member: give one --kinds and one --seeds")
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.chdir(ROOT)
     BASE.mkdir(parents=True, exist_ok=True)
+    if args.stage == "snapshots":
+        follow_snapshots(args.steps, args.kinds[0], args.seeds[0], args.every)
+        return
     single = {
         "smollm2": lambda: stage_smollm2(args.smollm2),
         "knowledge": lambda: stage_knowledge(args.smollm2),

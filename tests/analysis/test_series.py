@@ -15,6 +15,7 @@ import torch
 from densa.analysis.errors import AnalysisError
 from densa.analysis.modularity import Settings, analyze_modularity, emergence
 from densa.analysis.modularity.activations import example_losses
+from densa.analysis.modularity.emergence import compare_snapshots, snapshot
 from densa.analysis.modularity.perturbation import eval_subset
 from densa.analysis.modularity.series import original_order_, series_checkpoints, ssd_state
 from densa.analysis.probes import TEMPLATES, knowledge_material, load_probes
@@ -107,6 +108,28 @@ def test_emergence_needs_the_original_order(probes_dir: Path) -> None:  # noqa: 
         [(1, model), (2, restored), (3, restored)], p, 4, clustering_noise=False, log=lambda m: None
     )
     assert quick["param_seed_ari"] == [] and quick["to_final"] == res["to_final"]
+
+
+def test_cached_snapshots_give_the_same_curves_as_emergence(probes_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    p = load_probes(probes_dir)
+    models = []
+    for step in (1, 2, 3):
+        m = _relu_model()
+        with torch.no_grad():  # three different checkpoints: weights drifting away from the first
+            for layer in m.layers:
+                gen = torch.Generator().manual_seed(step)
+                w = layer.ffn.up_proj.weight
+                w.add_(0.3 * (3 - step) * torch.randn(w.shape, generator=gen))
+        models.append((step, m))
+    whole = emergence(models, p, 4, clustering_noise=False, log=lambda m: None)
+    for step, m in models:  # taken one at a time, saved and read back, as run.py's snapshot stage does
+        torch.save(snapshot(m, p, 4, clustering_noise=False), tmp_path / f"step_{step}.pt")
+    snaps = [torch.load(tmp_path / f"step_{s}.pt") for s, _ in models]
+    cached = compare_snapshots([1, 2, 3], snaps, 4)
+    assert cached == {k: v for k, v in whole.items() if k != "seconds"}
+    assert cached["to_final"][0]["neuron_spearman"] < 0.99  # the checkpoints do differ
+    with pytest.raises(AnalysisError, match="emergence needs at least 3 checkpoints, found 2"):
+        compare_snapshots([1, 2], snaps[:2], 4)
 
 
 def test_perturbation_per_partition_seed_matches_zeroed_weights(probes_dir: Path) -> None:  # noqa: F811

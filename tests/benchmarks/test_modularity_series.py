@@ -67,13 +67,15 @@ def test_loss_summary_means_the_curves_at_shared_steps_and_the_plateau_ratio() -
     assert md[0].startswith("Validation loss (65536 held-out tokens per evaluation)")
 
 
-def test_analysed_checkpoints_stay_on_the_interval_grid_counted_from_the_last() -> None:
+def test_analysed_checkpoints_stay_on_the_interval_grid_counted_from_the_last_step() -> None:
     steps = [32 * i for i in range(1, 33)]
     ckpts = [SimpleNamespace(step=s) for s in sorted([*steps, 216])]  # 216: saved on SIGTERM
-    got = [c.step for c in analysed(ckpts, 32, 2)]
-    assert got == [64 * i for i in range(1, 17)]
-    assert [c.step for c in analysed(ckpts, 32, 4)] == [128 * i for i in range(1, 9)]
-    assert [c.step for c in analysed(ckpts, 32, 1)] == steps
+    assert [c.step for c in analysed(ckpts, 32, 2, 1024)] == [64 * i for i in range(1, 17)]
+    assert [c.step for c in analysed(ckpts, 32, 4, 1024)] == [128 * i for i in range(1, 9)]
+    assert [c.step for c in analysed(ckpts, 32, 1, 1024)] == steps
+    # while training runs (checkpoints up to 288): the same steps as the finished run will have
+    running = [c for c in ckpts if c.step <= 288]
+    assert [c.step for c in analysed(running, 32, 2, 1024)] == [64, 128, 192, 256]
 
 
 def _seed(stab: dict, half: dict) -> dict:

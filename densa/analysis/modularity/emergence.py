@@ -136,6 +136,14 @@ def emergence(
         snaps.append(snapshot(model, probes, num_experts, seed, clustering_noise))
         steps.append(step)
         log(f"step {step}: snapshot ({time.perf_counter() - t0:.0f} s)")
+    result = compare_snapshots(steps, snaps, num_experts)
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def compare_snapshots(steps: list[int], snaps: list[dict], num_experts: int) -> dict:
+    """`emergence`'s curves from snapshots already taken (`snapshot`, one per step in training order): a
+    caller may take and cache them as checkpoints appear, while training still runs."""
     if len(snaps) < MIN_CHECKPOINTS:
         raise AnalysisError(
             f"emergence needs at least {MIN_CHECKPOINTS} checkpoints, found {len(snaps)}: train with a "
@@ -143,7 +151,7 @@ def emergence(
         )
     final = snaps[-1]
     return {
-        "steps": steps,
+        "steps": list(steps),
         "experts": num_experts,
         "to_final": [_compare(s, final) for s in snaps[:-1]],
         "to_next": [_compare(a, b) for a, b in zip(snaps[:-1], snaps[1:])],
@@ -152,5 +160,4 @@ def emergence(
             for s in snaps
             if s["param_seed1"]
         ],
-        "seconds": time.perf_counter() - t0,
     }
