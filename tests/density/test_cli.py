@@ -110,7 +110,7 @@ def test_series_file_and_recipes(tmp_path: Path) -> None:
     assert (cfg.schedule.kind, cfg.checkpoint.resume, cfg.run.name) == ("wsd", "auto", "ref_s1_D410k")
     assert cfg.run.out_dir == "runs/density/reference/ref_s1_D410k" and cfg.checkpoint.interval == 25
     sizes = [non_embedding(run_config(series, r, Budget(1.0))) for r in series.recipes]
-    assert sizes == sorted(sizes) == [10848, 21664, 70608, 164416]
+    assert sizes == sorted(sizes) == [10848, 21664, 70608, 164416, 317680]
     assert series.d0 == 1638400 and min(grid) < series.d0 < max(grid)  # D0 inside the grid
     assert dataclasses.replace(series, d0_tokens=None).d0 == series.d0_multiple * sizes[-1]
     for path in sorted(SERIES.parent.glob("ref_*.yaml")) + [SERIES.parent / "base.yaml"]:
