@@ -210,8 +210,16 @@ def aux_accuracy(model: torch.nn.Module, rows: int = 256, seed: int = 6 * 10**6)
     }
 
 
-def report(cfg: Any) -> None:
-    """benchmarks/results/apb_train.{json,md}: the checks logged during the run and a final one."""
+FRESH_OUT = "runs/apb_bench/backbone_fresh"
+FRESH_HISTORY = [
+    "one run from runs/locret_bench/backbone with the final recipe and this script as committed"
+    " (`--fresh-run`): T = 129 for 250 steps then T = 257, mix 0.75 / 0.1 / 0.1 / 0.05, values from"
+    " VALUE_POOL tokens, recall and flag labels from step 1, lr 1e-3 WSD over train.steps"
+]
+
+
+def report(cfg: Any, name: str = "apb_train", history: list[str] = HISTORY) -> None:
+    """benchmarks/results/NAME.{json,md}: the checks logged during the run and a final one."""
     from benchmarks.common import machine_info, write_results
 
     model = load_backbone(cfg)
@@ -225,7 +233,8 @@ def report(cfg: Any) -> None:
         "recipe": "recipes/apb_backbone_tiny.yaml",
         "checkpoint_step": max(steps),
         "value_pool": VALUE_POOL,
-        "history": HISTORY,
+        "history": history,
+        "train_seconds": _seconds(Path(cfg.run.out_dir)),
         "checks_64_rows": checks,
         "final_256_rows": final,
         "machine": machine_info(),
@@ -235,11 +244,18 @@ def report(cfg: Any) -> None:
         "",
         f"Recipe {payload['recipe']}; last checkpoint step {payload['checkpoint_step']}. Run history:",
         "",
-        *[f"- {h}" for h in HISTORY],
+        *[f"- {h}" for h in history],
         "",
-        "Accuracy on repeated_pair at T = 257 (64 held-out rows per check; chance 0.25; up to step 530 in"
-        " the setting of that time, values from all 64 tokens): full attention, and cross-block attention"
-        " masked while encoding (block-local, H blocks); MQAR: 8 pairs.",
+        f"Training wall-clock: {payload['train_seconds']} s (one thread on a shared 2-core CPU).",
+        "",
+        "Accuracy on repeated_pair at T = 257 (64 held-out rows per check; chance 0.25"
+        + (
+            "; up to step 530 in the setting of that time, values from all 64 tokens"
+            if history is HISTORY
+            else ""
+        )
+        + "): full attention, and cross-block attention masked while encoding (block-local, H blocks);"
+        " MQAR: 8 pairs.",
         "",
         "| step | full H=2 | masked H=2 | full H=4 | masked H=4 | mqar |",
         "|---|---|---|---|---|---|",
@@ -248,7 +264,15 @@ def report(cfg: Any) -> None:
         cells = [c["full_h2"], c["masked_h2"], c["full_h4"], c["masked_h4"], c["mqar"]]
         lines.append(f"| {step} | " + " | ".join(f"{x:.3f}" for x in cells) + " |")
     lines += ["", "Final checkpoint, 256 rows: " + ", ".join(f"{k} {v:.3f}" for k, v in final.items()), ""]
-    write_results("apb_train", payload, "\n".join(lines))
+    write_results(name, payload, "\n".join(lines))
+
+
+def _seconds(out: Path) -> float | None:
+    done, partial = out / "seconds.txt", out / "seconds_partial.txt"
+    for f in (done, partial):
+        if f.is_file():
+            return float(f.read_text())
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,13 +285,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heads-only", action="store_true", help="train the heads on the existing backbone")
     p.add_argument("--head-target", choices=HEAD_TARGETS, default="readers", help="see HeadRows")
     p.add_argument("--heads-out", default=None, help="heads run dir (default: the recipe's)")
+    p.add_argument(
+        "--fresh-run",
+        action="store_true",
+        help=f"the backbone alone, from scratch into {FRESH_OUT} (does the final recipe reproduce it?);"
+        " with --report: benchmarks/results/apb_train_fresh.{json,md}",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     overrides = [f"train.steps={args.backbone_steps}"] if args.backbone_steps else []
+    overrides += [f"run.out_dir={FRESH_OUT}"] if args.fresh_run else []
     bb_cfg = load_recipe(RECIPES / "apb_backbone_tiny.yaml", overrides)
     if args.report:
-        report(bb_cfg)
+        report(bb_cfg, *(("apb_train_fresh", FRESH_HISTORY) if args.fresh_run else ()))
         return 0
     hd_cfg = load_recipe(
         RECIPES / "apb_heads_tiny.yaml", [f"run.out_dir={args.heads_out}"] * bool(args.heads_out)
@@ -284,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     bb_seconds = stage(bb_cfg, MixedSource(per_step), args.reuse, [callback])
     model = load_backbone(bb_cfg)
     final = check(model)
+    if args.fresh_run:
+        print(json.dumps({"backbone_seconds": bb_seconds, "check": final}))
+        return 0
     heads_seconds = stage(hd_cfg, head_rows, args.reuse)
     summary = {"backbone_seconds": bb_seconds, "heads_seconds": heads_seconds, "check": final}
     summary["check_log"] = callback.log

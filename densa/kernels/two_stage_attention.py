@@ -98,11 +98,22 @@ def merge_stages(
     out_1: torch.Tensor, lse_1: torch.Tensor, out_2: torch.Tensor, lse_2: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-sum-exp merge of two stages (rows empty in both stay 0 with lse -inf)."""
-    lse = torch.logaddexp(lse_1, lse_2)
+    return merge_partials([out_1, out_2], [lse_1, lse_2])
+
+
+def merge_partials(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-sum-exp merge of N attentions over disjoint key sets (outs [..., T, D], lses [..., T] fp32): the
+    softmax over their union, Σ_p exp(lse_p − lse)·out_p with lse = logsumexp_p(lse_p). Rows empty in every
+    part stay 0 with lse -inf. Used by the two stages here and by APB/Ring/Star (densa.longctx.apb)."""
+    lse = lses[0]
+    for part in lses[1:]:
+        lse = torch.logaddexp(lse, part)
     safe = lse.nan_to_num(neginf=0.0)
-    w_1 = torch.exp(lse_1 - safe).nan_to_num(nan=0.0)[..., None]
-    w_2 = torch.exp(lse_2 - safe).nan_to_num(nan=0.0)[..., None]
-    return out_1 * w_1 + out_2 * w_2, lse
+    out = None
+    for o, part in zip(outs, lses, strict=True):
+        term = o * torch.exp(part - safe).nan_to_num(nan=0.0)[..., None]
+        out = term if out is None else out + term
+    return out, lse
 
 
 def two_stage_attention_torch(

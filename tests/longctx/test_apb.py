@@ -66,6 +66,16 @@ def test_lse_merge_equals_one_softmax() -> None:
         q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
     )
     torch.testing.assert_close(whole, ref, atol=1e-6, rtol=0)
+    # three parts, one of them empty for query 0 (its lse -inf weighs 0): still one softmax
+    allowed = torch.ones(5, 2, dtype=torch.bool)
+    allowed[0] = False
+    parts = [attend(q, k[:, :, :2], v[:, :, :2], allowed)]
+    parts += [attend(q, k[:, :, s], v[:, :, s], None) for s in (slice(2, 3), slice(3, 5))]
+    merged, lse = merge([p[0] for p in parts], [p[1] for p in parts])
+    torch.testing.assert_close(merged[:, :, 1:], whole[:, :, 1:], atol=1e-6, rtol=0)
+    only_later = attend(q[:, :, :1], k[:, :, 2:], v[:, :, 2:], None)
+    torch.testing.assert_close(merged[:, :, :1], only_later[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(lse[:, :, :1], only_later[1], atol=1e-6, rtol=0)
 
 
 def test_ring_equals_full_attention_on_2_and_4_ranks() -> None:

@@ -20,6 +20,7 @@ from trainer_helpers import SEQ, VOCAB, StopAt, replace, tiny_cfg, weights
 
 from densa.sparse_moe import SSDConfig, cluster_ffn, to_dense, to_sparse
 from densa.sparse_moe.switching import ffn_modules
+from densa.train.engine import shutdown_distributed
 from densa.train.run import build_trainer
 from densa.train.synthetic import SyntheticDataset
 
@@ -148,3 +149,7 @@ if __name__ == "__main__":
     for setting in sys.argv[3].split(","):
         zero, precision = setting.split(":")
         globals()[f"{name}_one"](out_dir / f"{zero}_{precision}", zero, precision)
+    # Both ranks leave together and tear gloo down first: a rank that exits while its peer's gloo threads
+    # still hold the connection can abort the peer at exit ("terminate called without an active exception").
+    torch.distributed.barrier()
+    shutdown_distributed()

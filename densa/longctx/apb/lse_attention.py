@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from densa.kernels.two_stage_attention import stage_attention
+from densa.kernels.two_stage_attention import merge_partials, stage_attention
 
 # Scores are materialised in fp32: queries go in slices so one slice's scores stay under this many elements.
 MAX_SCORES = 1 << 28
@@ -36,9 +36,7 @@ def attend(
 
 
 def merge(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Combine partial attentions over disjoint key sets: outs [B, H, T, D], lses [B, H, T] each."""
-    lse_all = torch.stack(lses)  # [P, B, H, T]
-    total = torch.logsumexp(lse_all, dim=0)
-    weights = torch.exp(lse_all - total.clamp_min(torch.finfo(total.dtype).min))  # -inf parts weigh 0
-    out = sum(w.unsqueeze(-1) * o.float() for w, o in zip(weights, outs, strict=True))
-    return out.to(outs[0].dtype), total
+    """Combine partial attentions over disjoint key sets: outs [B, H, T, D], lses [B, H, T] each
+    (densa.kernels' merge_partials, in fp32; the output in the parts' dtype)."""
+    out, lse = merge_partials(outs, lses)
+    return out.to(outs[0].dtype), lse
