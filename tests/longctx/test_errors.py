@@ -13,11 +13,6 @@ from densa.testing.models import random_tokens, tiny_model_config
 
 
 @pytest.fixture(scope="module")
-def model() -> Transformer:
-    return Transformer(tiny_model_config()).eval()
-
-
-@pytest.fixture(scope="module")
 def ids(model: Transformer) -> torch.Tensor:
     return random_tokens(model.config, seq=20)
 

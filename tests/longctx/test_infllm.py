@@ -18,12 +18,6 @@ from densa.models.rope import apply_rotary
 from densa.testing.models import random_tokens, tiny_model_config
 
 
-@pytest.fixture(scope="module")
-def model() -> Transformer:
-    torch.manual_seed(0)
-    return Transformer(tiny_model_config()).eval()
-
-
 def small(**kw) -> InfLLMConfig:
     base = dict(n_init=2, n_local=8, block_size=4, repr_topk=2, topk=2, exc_block_size=3, max_cached_units=4)
     return InfLLMConfig(**(base | kw))
