@@ -14,7 +14,8 @@ policy's peak K/V entries on the device per layer (full: the whole prompt; Strea
 InfLLM: sinks + window + remainder + cached units), converted to MiB for all layers. Memory is that count,
 not the process RSS (which only grows within a process and mixes in the model and the logits).
 Methods: full attention, StreamingLLM (4 sinks, budget 4096) and InfLLM (n_init 128, n_local 2048,
-block 128, topk 16, exc_block 512, 32 cached units). The same (length, row) gets the same text, depth and
+block 128, topk 16, exc_block 512, 32 cached units), at the paper's constant memory distance and with
+`memory_positions="ordered"` (infllm_ordered). The same (length, row) gets the same text, depth and
 key under every method.
 
     python benchmarks/infllm/smollm2_passkey.py --methods full --lengths 1024 2048 4096 --rows 10
@@ -46,10 +47,12 @@ from densa.data.fetch import fetch_corpus  # noqa: E402
 from densa.longctx import PolicySession, build_policy  # noqa: E402
 
 INFLLM = dict(n_init=128, n_local=2048, block_size=128, topk=16, exc_block_size=512, max_cached_units=32)
-METHODS: dict[str, tuple[dict, int | None]] = {
-    "full": ({}, None),
-    "streaming_llm": ({"n_sink": 4}, 4096),
-    "infllm": (INFLLM, None),
+METHODS: dict[str, tuple[str, dict, int | None]] = {  # name -> (KV policy, its options, budget)
+    "full": ("full", {}, None),
+    "streaming_llm": ("streaming_llm", {"n_sink": 4}, 4096),
+    "infllm": ("infllm", INFLLM, None),
+    # densa's extension: the retrieved units in their original order (largest memory distance 4864 < 8192)
+    "infllm_ordered": ("infllm", INFLLM | {"memory_positions": "ordered"}, None),
 }
 CHUNK = 512
 NEW_TOKENS = 8
@@ -98,9 +101,9 @@ def is_correct(answer: str, key: str) -> bool:
 @torch.no_grad()
 def run_row(model, tok, ids: list[int], key: str, method: str) -> dict:
     """Prefill under `method` (timed), greedy NEW_TOKENS tokens, the answer and the peak K/V entries."""
-    opts, budget = METHODS[method]
+    policy, opts, budget = METHODS[method]
     prompt = torch.tensor([ids])
-    with PolicySession(model, build_policy(method, **opts), budget, CHUNK) as session:
+    with PolicySession(model, build_policy(policy, **opts), budget, CHUNK) as session:
         start, start_cpu = time.perf_counter(), time.process_time()
         logits = session.prefill(prompt)
         prefill_s, prefill_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
@@ -174,7 +177,8 @@ def markdown(lines: list[dict], context: int, threads: int) -> str:
         "on a shared, overloaded CPU: wall tokens/s depend on the load of the moment; tokens per CPU second",
         "(process time, rows timed so) compare methods better. Peak K/V: the policy's most",
         "entries per layer on the device, and their size over all layers (fp32); not the process RSS.",
-        f"InfLLM: {', '.join(f'{k} {v}' for k, v in INFLLM.items())}; StreamingLLM: 4 sinks, budget 4096.",
+        f"InfLLM: {', '.join(f'{k} {v}' for k, v in INFLLM.items())} (infllm_ordered: the same with"
+        " memory_positions ordered); StreamingLLM: 4 sinks, budget 4096.",
         "",
         "| prompt | T | × context | method | correct / rows | accuracy (95% Wilson interval) | "
         "prefill tok/s (wall) | prefill tok/CPU-s | peak K/V entries | peak K/V MiB |",

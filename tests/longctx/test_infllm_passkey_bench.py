@@ -74,3 +74,19 @@ def test_wilson_interval_against_the_closed_form() -> None:
     assert low == pytest.approx(0.37553, abs=1e-4) and high == pytest.approx(0.96378, abs=1e-4)
     assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(0, 20)[1] == pytest.approx(0.16113, abs=1e-4)
     assert wilson_interval(20, 20)[1] == 1.0
+
+
+def test_every_method_is_full_attention_on_a_prompt_inside_the_window() -> None:
+    # 40 prompt tokens fit InfLLM's window (2048) and StreamingLLM's budget (4096): every method, ordered
+    # memory positions included, must decode the same tokens as full attention and hold the same K/V
+    from benchmarks.infllm.smollm2_passkey import METHODS, NEW_TOKENS, run_row
+    from densa.models import Transformer
+    from densa.testing.models import random_tokens, tiny_model_config
+
+    torch.manual_seed(0)
+    model = Transformer(tiny_model_config()).eval()
+    ids = random_tokens(model.config, batch=1, seq=40)[0].tolist()
+    rows = {m: run_row(model, CharTokenizer(), ids, "x", m) for m in METHODS}
+    assert set(rows) == {"full", "streaming_llm", "infllm", "infllm_ordered"}
+    assert len({r["answer"] for r in rows.values()}) == 1 and len(rows["full"]["answer"]) == NEW_TOKENS
+    assert {r["peak_kv_tokens"] for r in rows.values()} == {40 + NEW_TOKENS - 1}
