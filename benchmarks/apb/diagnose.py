@@ -204,7 +204,7 @@ def _mean(row: list[float]) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "# Why APB lost on repeated_pair: the passing selection vs what a later host needs",
+        "# APB on repeated_pair: the passing selection vs what a later host needs",
         "",
         f"{result['rows']} rows per cell, passing = block/{result['passing_divisor']} tokens per host and KV"
         " head, anchor block/4 with the query. Recall: share of the earlier occurrences' key→value bigrams"
